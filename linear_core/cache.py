@@ -1,0 +1,175 @@
+"""`LineARCache`: a transformers `Cache` whose buffers are preallocated and compacted in place.
+
+Per layer the keys and values live in ``(rows, kv_heads, capacity, head_dim)`` buffers with
+``capacity = prefix + B + W'`` (see `LineLayout.capacity`), so the memory of a run is fixed when
+the cache is built. Slots ``[0, prefix)`` hold the conditioning and are never touched again; the
+visual slots after them hold image tokens in temporal order. Eviction gathers the kept visual
+slots to the front of the visual region; keys stay post-RoPE and positions stay absolute, so the
+cache reports its *logical* length (tokens ever written) to transformers, not its physical one.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .layout import LineLayout
+
+
+class LineARLayer(CacheLayerMixin):
+    """One layer's preallocated K/V buffers plus the raster index of every visual slot."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(
+        self,
+        rows: int,
+        kv_heads: int,
+        head_dim: int,
+        prefix_len: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        slot_scores: bool = False,
+        value_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (rows, kv_heads, capacity)
+        self.keys = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(*shape, value_dim or head_dim, dtype=dtype, device=device)
+        visual = capacity - prefix_len
+        # Raster index of the image token in each visual slot (-1 = empty); differs per row and head
+        # once a policy has evicted different tokens.
+        self.image_index = torch.full((rows, kv_heads, visual), -1, dtype=torch.long, device=device)
+        # Optional per-slot accumulator that travels with its slot (e.g. H2O's cumulative attention).
+        self.slot_scores = torch.zeros(rows, kv_heads, visual, dtype=torch.float32, device=device) if slot_scores else None
+        self.prefix_len = prefix_len
+        self.capacity = capacity
+        self.length = 0  # physical slots in use
+        self.written = 0  # logical length: tokens ever written
+        self.dtype, self.device = dtype, device
+        self.is_initialized = True
+
+    # -- transformers Cache layer API ---------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Buffers are allocated up front; nothing to do."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        q = key_states.shape[-2]
+        end = self.length + q
+        if end > self.capacity:
+            raise RuntimeError(
+                f"LineARCache layer is full ({self.capacity} slots, {self.length} used, {q} more asked): "
+                "the decode loop must compress at every line boundary before feeding the next line."
+            )
+        self.keys[:, :, self.length:end].copy_(key_states)
+        self.values[:, :, self.length:end].copy_(value_states)
+        first_image = max(self.written, self.prefix_len)
+        if self.written + q > self.prefix_len:
+            start = max(self.length, self.prefix_len) - self.prefix_len
+            count = self.written + q - first_image
+            self.image_index[:, :, start:start + count] = torch.arange(
+                first_image - self.prefix_len, first_image - self.prefix_len + count, device=self.device
+            )
+        self.length, self.written = end, self.written + q
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.written
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # Physical keys after this update, and the shift that maps physical slot j to a logical
+        # position that is causal-comparable with the queries' logical positions.
+        return self.length + query_length, self.written - self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        self.length = self.written = 0
+        self.image_index.fill_(-1)
+        if self.slot_scores is not None:
+            self.slot_scores.zero_()
+
+    # -- LineAR ----------------------------------------------------------------------------
+    @property
+    def visual_length(self) -> int:
+        return max(0, self.length - self.prefix_len)
+
+    def visual_keys(self) -> torch.Tensor:
+        return self.keys[:, :, self.prefix_len:self.length]
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep the visual slots ``keep`` (``(rows, kv_heads, k)``, ascending) and compact them in place."""
+        k = keep.shape[-1]
+        p, v = self.prefix_len, self.visual_length
+        for buf in (self.keys, self.values):
+            region = buf[:, :, p:p + v]
+            kept = region.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, buf.shape[-1]))
+            buf[:, :, p:p + k].copy_(kept)
+        self.image_index[:, :, :k] = self.image_index[:, :, :v].gather(2, keep)
+        self.image_index[:, :, k:] = -1
+        if self.slot_scores is not None:
+            self.slot_scores[:, :, :k] = self.slot_scores[:, :, :v].gather(2, keep)
+            self.slot_scores[:, :, k:] = 0
+        self.length = p + k
+
+    @property
+    def allocated_bytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+
+class LineARCache(Cache):
+    """A `Cache` of `LineARLayer`s laid out for one `LineLayout` and ``rows`` batch rows."""
+
+    def __init__(
+        self,
+        layout: LineLayout,
+        rows: int,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        slot_scores: bool = False,
+        value_dim: int | None = None,
+    ) -> None:
+        device = torch.device(device)
+        layers = [
+            LineARLayer(rows, kv_heads, head_dim, layout.prefix_len, layout.capacity, dtype, device, slot_scores, value_dim)
+            for _ in range(num_layers)
+        ]
+        super().__init__(layers=layers)
+        self.layout = layout
+        self.rows = rows
+
+    @property
+    def written(self) -> int:
+        return self.layers[0].written
+
+    @property
+    def image_written(self) -> int:
+        """Image tokens whose KV has been written so far."""
+        return max(0, self.written - self.layout.prefix_len)
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(layer.allocated_bytes for layer in self.layers)
+
+    def full_bytes(self) -> int:
+        """Bytes a full (uncompressed) cache of the same rows, heads and dtype would need."""
+        per_slot = self.allocated_bytes / self.layout.capacity
+        return int(per_slot * self.layout.full_length)
+
+    def kept_image_indices(self, layer_idx: int) -> torch.Tensor:
+        """``(rows, kv_heads, visual)`` raster indices held by a layer (-1 = empty slot)."""
+        layer = self.layers[layer_idx]
+        return layer.image_index[:, :, :layer.visual_length]
+
+    def release(self) -> None:
+        """Drop the buffers now (an interrupted or finished run must not hold device memory)."""
+        for layer in self.layers:
+            layer.keys = layer.values = None
+            layer.image_index = layer.slot_scores = None
+            layer.is_initialized = False
+        self.layers = []

@@ -1,0 +1,102 @@
+"""Line-boundary compression: runs a policy on every layer of the caches of one request.
+
+A request has one cache (CFG rows batched) or two (a separate unconditional pass with its own
+prefix). Their visual regions always hold the same number of image tokens, so per layer the scores
+of all rows are stacked, optionally shared across KV heads or across each cond/uncond pair, and
+each row keeps its top-B slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .cache import LineARCache
+from .policies import EvictionPolicy, LayerView
+from .scoring import LineQueryBuffer, line_attention
+
+HeadSharing = Literal["per_head", "shared"]
+CfgMode = Literal["independent", "shared_cond", "shared_sum"]
+
+
+@dataclass
+class Stream:
+    """One cache and the query buffer that feeds its scores."""
+
+    cache: LineARCache
+    queries: LineQueryBuffer | None
+
+
+@dataclass
+class Compressor:
+    policy: EvictionPolicy
+    head_sharing: HeadSharing = "per_head"
+    cfg_mode: CfgMode = "independent"
+    #: row pairs (cond, uncond) over the rows of all streams stacked in order; None without CFG
+    cfg_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_sharing not in ("per_head", "shared"):
+            raise ValueError(f"head_sharing must be 'per_head' or 'shared', not {self.head_sharing!r}.")
+        if self.cfg_mode not in ("independent", "shared_cond", "shared_sum"):
+            raise ValueError(
+                f"cfg_mode must be 'independent', 'shared_cond' or 'shared_sum', not {self.cfg_mode!r}."
+            )
+
+    def boundary(self, streams: list[Stream]) -> int:
+        """Observe and, past the budget, evict on every layer. Returns the slots evicted per row and head."""
+        first = streams[0].cache
+        layout = first.layout
+        budget = layout.budget_tokens
+        evicted = 0
+        for layer_idx in range(len(first.layers)):
+            views = [self._view(stream, layer_idx) for stream in streams]
+            for view in views:
+                self.policy.observe(view)
+            visual = views[0].image_index.shape[-1]
+            if not self.policy.evicts or visual <= budget:
+                continue
+            ranking = torch.cat([self.policy.ranking(view) for view in views], dim=0)
+            keep = self._share(ranking).topk(budget, dim=-1, sorted=False).indices.sort(dim=-1).values
+            start = 0
+            for stream in streams:
+                rows = stream.cache.rows
+                stream.cache.layers[layer_idx].keep(keep[start:start + rows])
+                start += rows
+            evicted = visual - budget
+        for stream in streams:
+            if stream.queries is not None:
+                stream.queries.reset()
+        return evicted
+
+    def _view(self, stream: Stream, layer_idx: int) -> LayerView:
+        layer = stream.cache.layers[layer_idx]
+        attention_fn = None
+        if stream.queries is not None:
+            def attention_fn(layer=layer, queries=stream.queries):
+                probs = line_attention(queries, layer_idx, layer.keys[:, :, :layer.length])
+                return probs[..., layer.prefix_len:]
+        visual = layer.visual_length
+        return LayerView(
+            layer_idx=layer_idx,
+            layout=stream.cache.layout,
+            image_index=layer.image_index[:, :, :visual],
+            visual_keys=layer.visual_keys(),
+            images_written=stream.cache.image_written,
+            slot_scores=None if layer.slot_scores is None else layer.slot_scores[:, :, :visual],
+            attention_fn=attention_fn,
+            generator=self.generator,
+        )
+
+    def _share(self, ranking: torch.Tensor) -> torch.Tensor:
+        if self.head_sharing == "shared":
+            ranking = ranking.mean(dim=1, keepdim=True).expand_as(ranking)
+        if self.cfg_mode != "independent" and self.cfg_pairs is not None:
+            cond, uncond = (idx.to(ranking.device) for idx in self.cfg_pairs)
+            ranking = ranking.clone()
+            if self.cfg_mode == "shared_sum":
+                ranking[cond] = ranking[cond] + ranking[uncond]
+            ranking[uncond] = ranking[cond]
+        return ranking

@@ -1,0 +1,263 @@
+"""The decode engine: prefill, one token per step, CFG, sampling, compression at line boundaries.
+
+`DecodeSession` owns the caches of one request and advances them (`prefill`, `feed`); `generate`
+is the sampling loop on top of it, with the callbacks ComfyUI needs (progress, preview, cancel)
+and the statistics every benchmark reports. Teacher-forced fidelity (`metrics.py`) drives two
+sessions in lockstep.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
+from .cache import LineARCache
+from .compressor import Compressor, Stream
+from .guidance import Guidance
+from .layout import LineLayout
+from .sampling import SamplingConfig, make_generator, sample
+from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
+from .settings import CacheSettings
+
+
+class GenerationInterrupted(RuntimeError):
+    """Raised when the interrupt callback asks to stop; the caches are already freed."""
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so that wall-clock timings mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class DecodeSession:
+    """The caches of one request (``batch`` images) and the forwards that fill them."""
+
+    def __init__(self, adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
+                 settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"), seed: int = 0) -> None:
+        self.adapter, self.guidance, self.settings = adapter, guidance, settings
+        self.layout = layout.with_budget(settings.budget)
+        self.geometry = geometry = CacheGeometry.of(adapter.backbone)
+        rows, prefix_len = conditioning.prefix.shape[:2]
+        self.layout.check_sequence(prefix_len)
+        self.batch = rows // guidance.batched_rows
+        if self.batch * guidance.batched_rows != rows:
+            raise ValueError(f"{rows} prefix rows do not split into CFG pairs for layout '{guidance.layout}'.")
+        if (guidance.layout == "separate") != (conditioning.uncond_prefix is not None):
+            raise ValueError("The 'separate' CFG layout needs uncond_prefix, and only it takes one.")
+        self.policy = settings.make_policy()
+        self.policy.validate(self.layout)
+        adapter.backbone.set_attn_implementation(register_attention())
+
+        compresses = self.policy.evicts and self.layout.compresses
+        self.prefixes = [conditioning.prefix]
+        layouts = [self.layout]
+        if conditioning.uncond_prefix is not None:
+            self.prefixes.append(conditioning.uncond_prefix)
+            layouts.append(self.layout.with_prefix(conditioning.uncond_prefix.shape[1]))
+        self.streams = [self._stream(lay, prefix.shape[0], compresses) for lay, prefix in zip(layouts, self.prefixes)]
+        self.compressor = Compressor(
+            self.policy, settings.head_sharing, settings.cfg_mode, guidance.row_pairs(self.batch),
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
+        self.compression_s = 0.0
+        self.compressions = 0
+
+    def _stream(self, layout: LineLayout, rows: int, compresses: bool) -> Stream:
+        g = self.geometry
+        if not compresses:
+            layout = layout.with_budget(1.0)
+        cache = LineARCache(layout, rows, g.num_layers, g.kv_heads, g.head_dim, g.dtype, g.device,
+                            slot_scores=compresses and self.policy.accumulates)
+        queries = None
+        if compresses and self.policy.query_window:
+            queries = LineQueryBuffer(g.num_layers, rows, g.q_heads, g.head_dim, layout.line_tokens,
+                                      self.policy.query_window, g.dtype, g.device)
+        return Stream(cache, queries)
+
+    # -- forwards --------------------------------------------------------------------------
+    def _forward(self, stream: Stream, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        cache = stream.cache
+        rows, q = embeds.shape[:2]
+        positions = torch.arange(cache.written, cache.written + q, device=embeds.device).expand(rows, q)
+        extra = {CAPTURE_KWARG: stream.queries} if stream.queries is not None and cache.written >= cache.layout.prefix_len else {}
+        out = self.adapter.backbone(inputs_embeds=embeds, position_ids=positions, past_key_values=cache,
+                                    use_cache=True, **extra)
+        if extra:
+            stream.queries.advance(q)
+        hidden = out.last_hidden_state
+        return self.adapter.image_logits(hidden[:, -1:] if last_only else hidden)
+
+    @torch.inference_mode()
+    def prefill(self) -> torch.Tensor:
+        """Run the prefix; returns CFG-combined logits ``(batch, vocab)`` for image token 0."""
+        logits = [self._forward(stream, prefix, last_only=True)[:, -1] for stream, prefix in zip(self.streams, self.prefixes)]
+        return self.guidance.combine(*logits)
+
+    @torch.inference_mode()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed the next image tokens ``(batch, q)`` (never across a line end); returns CFG-combined
+        logits ``(batch, q, vocab)``. Compresses when the chunk completes a line."""
+        start = self.streams[0].cache.image_written
+        q = tokens.shape[1]
+        line_end = (start // self.layout.line_tokens + 1) * self.layout.line_tokens
+        if start + q > min(line_end, self.layout.image_tokens):
+            raise ValueError(f"Chunk of {q} tokens from image token {start} crosses the line end at {line_end}.")
+        logits = []
+        for i, stream in enumerate(self.streams):
+            rows_tokens = self.guidance.expand_tokens(tokens) if i == 0 else tokens
+            logits.append(self._forward(stream, self.adapter.embed_image_tokens(rows_tokens)))
+        if start + q == line_end:
+            self._boundary()
+        return self.guidance.combine(*logits)
+
+    def _boundary(self) -> None:
+        device = self.geometry.device
+        synchronize(device)
+        t0 = time.perf_counter()
+        if self.compressor.boundary(self.streams):
+            self.compressions += 1
+        synchronize(device)
+        self.compression_s += time.perf_counter() - t0
+
+    # -- accounting ------------------------------------------------------------------------
+    @property
+    def caches(self) -> list[LineARCache]:
+        return [stream.cache for stream in self.streams]
+
+    @property
+    def kv_allocated_bytes(self) -> int:
+        return sum(cache.allocated_bytes for cache in self.caches)
+
+    @property
+    def full_kv_bytes(self) -> int:
+        return sum(cache.full_bytes() for cache in self.caches)
+
+    @property
+    def query_buffer_bytes(self) -> int:
+        return sum(s.queries.allocated_bytes for s in self.streams if s.queries is not None)
+
+    def kept_map(self) -> torch.Tensor:
+        """``(layers, batch, N)``: share of KV heads of each conditional row that hold each image token."""
+        cache = self.streams[0].cache
+        cond_rows = self.guidance.row_pairs(self.batch)[0] if self.guidance.batched_rows == 2 else torch.arange(self.batch)
+        maps = torch.zeros(len(cache.layers), self.batch, self.layout.image_tokens)
+        for layer_idx in range(len(cache.layers)):
+            held = cache.kept_image_indices(layer_idx)[cond_rows.to(self.geometry.device)].cpu().flatten(1)
+            maps[layer_idx].scatter_add_(1, held, torch.ones(held.shape))
+        maps /= cache.layers[0].keys.shape[1]
+        return maps.half()
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.cache.release()
+            stream.queries = None
+
+
+@dataclass
+class GenerationStats:
+    policy: str
+    budget_tokens: int
+    image_tokens: int
+    batch: int
+    kv_allocated_bytes: int
+    full_kv_bytes: int
+    query_buffer_bytes: int
+    prefill_s: float
+    decode_s: float
+    compression_s: float
+    compressions: int
+    line_seconds: list[float] = field(default_factory=list)
+    kept_map: torch.Tensor | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Image tokens generated per second over the whole request (all images of the batch)."""
+        return self.batch * self.image_tokens / max(self.total_s, 1e-9)
+
+    @property
+    def kv_saving(self) -> float:
+        return 1.0 - self.kv_allocated_bytes / max(self.full_kv_bytes, 1)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("kept_map",)}
+        out.update(total_s=self.total_s, tokens_per_s=self.tokens_per_s, kv_saving=self.kv_saving)
+        return out
+
+
+@dataclass
+class GenerationResult:
+    tokens: torch.Tensor  # (batch, N) image token ids, end-of-line tokens included
+    stats: GenerationStats
+
+
+@dataclass
+class Callbacks:
+    """Hooks for a UI: progress per token, cancellation, and a preview of the tokens so far."""
+
+    on_token: Callable[[int, int], None] | None = None  # (image index, line index)
+    should_stop: Callable[[], bool] | None = None
+    on_preview: Callable[[torch.Tensor, int], None] | None = None  # (tokens so far, finished line)
+    preview_every_lines: int = 4
+
+
+def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
+             settings: CacheSettings = CacheSettings(), guidance: Guidance = Guidance(1.0, "none"),
+             sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+             constrain: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+             callbacks: Callbacks = Callbacks()) -> GenerationResult:
+    """Sample the ``N`` image tokens of every image of the request.
+
+    ``constrain(logits, image_index)`` may rewrite the CFG-combined logits before each draw (forced
+    end-of-line tokens, vocabulary restrictions). The caches are freed when this returns or raises.
+    """
+    session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed)
+    device, lay = session.geometry.device, session.layout
+    generator = make_generator(seed, device)
+    tokens = torch.zeros(session.batch, lay.image_tokens, dtype=torch.long, device=device)
+    line_seconds: list[float] = []
+    try:
+        synchronize(device)
+        t0 = time.perf_counter()
+        logits = session.prefill()
+        synchronize(device)
+        prefill_s = time.perf_counter() - t0
+        line_start = t_decode = time.perf_counter()
+        for i in range(lay.image_tokens):
+            step_logits = constrain(logits, i) if constrain is not None else logits
+            tokens[:, i] = sample(step_logits, sampling, generator)
+            line = lay.line_of(i)
+            if callbacks.on_token is not None:
+                callbacks.on_token(i, line)
+            if callbacks.should_stop is not None and callbacks.should_stop():
+                raise GenerationInterrupted(f"Generation stopped at image token {i} (line {line}).")
+            if i + 1 < lay.image_tokens:
+                logits = session.feed(tokens[:, i:i + 1])[:, -1]
+            if lay.is_line_end(i):
+                synchronize(device)
+                now = time.perf_counter()
+                line_seconds.append(now - line_start)
+                line_start = now
+                if callbacks.on_preview is not None and (line + 1) % max(1, callbacks.preview_every_lines) == 0:
+                    callbacks.on_preview(tokens[:, : i + 1], line)
+        synchronize(device)
+        decode_s = time.perf_counter() - t_decode
+        stats = GenerationStats(
+            policy=settings.policy, budget_tokens=lay.budget_tokens, image_tokens=lay.image_tokens,
+            batch=session.batch, kv_allocated_bytes=session.kv_allocated_bytes,
+            full_kv_bytes=session.full_kv_bytes, query_buffer_bytes=session.query_buffer_bytes,
+            prefill_s=prefill_s, decode_s=decode_s, compression_s=session.compression_s,
+            compressions=session.compressions, line_seconds=line_seconds, kept_map=session.kept_map(),
+        )
+        return GenerationResult(tokens, stats)
+    finally:
+        session.close()

@@ -1,0 +1,1 @@
+"""Model families: each module turns one family's checkpoints into an `ImageModelAdapter`."""

@@ -1,0 +1,65 @@
+"""Classifier-free guidance row layouts: where the cond and uncond rows of a batch live.
+
+* ``none``: no CFG, ``batch`` rows.
+* ``halves``: ``[cond × batch; uncond × batch]`` (LlamaGen, transformers' Janus).
+* ``interleaved``: cond and uncond alternate (DeepSeek's original Janus loop).
+* ``separate``: the unconditional branch is its own request with its own cache and positions
+  (Lumina-mGPT).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+CfgLayout = Literal["none", "halves", "interleaved", "separate"]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    scale: float = 1.0
+    layout: CfgLayout = "halves"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("none", "halves", "interleaved", "separate"):
+            raise ValueError(
+                f"CFG layout {self.layout!r} is unknown: use 'none', 'halves', 'interleaved' or 'separate'."
+            )
+
+    @property
+    def batched_rows(self) -> int:
+        """Rows per image in the main (batched) cache."""
+        return 2 if self.layout in ("halves", "interleaved") else 1
+
+    def row_pairs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cond rows, uncond rows) over the stacked rows of all caches of the request."""
+        idx = torch.arange(batch)
+        if self.layout in ("halves", "separate"):
+            return idx, idx + batch
+        if self.layout == "interleaved":
+            return 2 * idx, 2 * idx + 1
+        return None
+
+    def expand_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-image tokens ``(batch, q)`` → rows of the batched cache."""
+        if self.layout == "halves":
+            return torch.cat([tokens, tokens], dim=0)
+        if self.layout == "interleaved":
+            return tokens.repeat_interleave(2, dim=0)
+        return tokens
+
+    def split(self, logits: torch.Tensor, uncond_logits: torch.Tensor | None = None):
+        """Rows of the batched cache (and the separate uncond pass) → (cond, uncond or None)."""
+        if self.layout == "halves":
+            return logits.chunk(2, dim=0)
+        if self.layout == "interleaved":
+            return logits[0::2], logits[1::2]
+        return logits, uncond_logits
+
+    def combine(self, logits: torch.Tensor, uncond_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``u + (c − u)·scale`` per image; plain cond logits without CFG."""
+        cond, uncond = self.split(logits, uncond_logits)
+        if uncond is None:
+            return cond
+        return uncond + (cond - uncond) * self.scale

@@ -1,0 +1,85 @@
+"""Inter-line attention scores without switching the model to eager attention.
+
+A registered attention function (``linear_ar``) runs plain SDPA and, when a `LineQueryBuffer` is
+passed through the model call, also copies the post-RoPE queries of the line being generated into
+it. At the line boundary `line_attention` recomputes ``softmax(q·Kᵀ·scale)`` for those queries
+over every cached key in fp32, causal inside the line. Because nothing is evicted while a line is
+generated, these are exactly the probabilities the model used.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION_NAME = "linear_ar"
+CAPTURE_KWARG = "linear_ar_queries"
+
+
+class LineQueryBuffer:
+    """Preallocated post-RoPE queries of the last ``window`` tokens of the current line, per layer."""
+
+    def __init__(self, num_layers: int, rows: int, q_heads: int, head_dim: int, line_tokens: int,
+                 window: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.window = min(window, line_tokens)
+        self.line_tokens = line_tokens
+        self.queries = torch.zeros(num_layers, rows, q_heads, self.window, head_dim, dtype=dtype, device=device)
+        self.scaling = [1.0] * num_layers
+        self.line_pos = 0  # tokens of the current line fed so far (advanced by the engine)
+
+    def capture(self, layer_idx: int, query: torch.Tensor, scaling: float) -> None:
+        q = query.shape[-2]
+        first_kept = self.line_tokens - self.window  # line slots before this are not needed
+        start, end = self.line_pos, self.line_pos + q
+        lo = max(start, first_kept)
+        if lo < end:
+            self.queries[layer_idx, :, :, lo - first_kept:end - first_kept] = query[:, :, lo - start:]
+        self.scaling[layer_idx] = scaling
+
+    def advance(self, q: int) -> None:
+        self.line_pos += q
+
+    def reset(self) -> None:
+        self.line_pos = 0
+
+    @property
+    def allocated_bytes(self) -> int:
+        return self.queries.numel() * self.queries.element_size()
+
+
+def _linear_ar_attention(module, query, key, value, attention_mask, **kwargs):
+    buffer: LineQueryBuffer | None = kwargs.pop(CAPTURE_KWARG, None)
+    if buffer is not None:
+        buffer.capture(module.layer_idx, query, kwargs.get("scaling") or module.scaling)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_attention() -> str:
+    """Register the capturing attention (idempotent) and return its name for `set_attn_implementation`."""
+    AttentionInterface.register(ATTENTION_NAME, _linear_ar_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    return ATTENTION_NAME
+
+
+def line_attention(buffer: LineQueryBuffer, layer_idx: int, keys: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities of the buffered line queries over ``keys``.
+
+    ``keys`` is the layer's cache ``(rows, kv_heads, L, d)`` whose last ``line_tokens`` entries are
+    the line that just ended. Returns fp32 ``(rows, kv_heads, group, window, L)``: queries grouped
+    by the KV head they read (GQA), causal inside the line.
+    """
+    queries = buffer.queries[layer_idx]
+    rows, q_heads, window, dim = queries.shape
+    kv_heads, length = keys.shape[1], keys.shape[2]
+    group = q_heads // kv_heads
+    q = queries.view(rows, kv_heads, group * window, dim).float()
+    logits = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(buffer.scaling[layer_idx])
+    logits = logits.view(rows, kv_heads, group, window, length)
+    # Query t of the window sits at line slot (W' - window + t); key slot L - W' + p is visible iff p <= that.
+    line_tokens = buffer.line_tokens
+    query_slot = torch.arange(line_tokens - window, line_tokens, device=keys.device)
+    key_slot = torch.arange(length, device=keys.device) - (length - line_tokens)
+    future = key_slot[None, :] > query_slot[:, None]
+    logits.masked_fill_(future, float("-inf"))
+    return logits.softmax(dim=-1)
