@@ -96,6 +96,8 @@ class DecodeSession:
     @torch.inference_mode()
     def prefill(self) -> torch.Tensor:
         """Run the prefix; returns CFG-combined logits ``(batch, vocab)`` for image token 0."""
+        if self.streams[0].cache.written:
+            raise RuntimeError("prefill() was already called on this session.")
         logits = [self._forward(stream, prefix, last_only=True)[:, -1] for stream, prefix in zip(self.streams, self.prefixes)]
         return self.guidance.combine(*logits)
 

@@ -1,0 +1,39 @@
+"""Tiny random Llama-backbone image models, saved to disk and loaded back through transformers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaModel
+
+from linear_core.families.llama import LlamaImageModel
+
+
+def tiny_model(tmp_path, kv_heads: int = 4, layers: int = 2, vocab: int = 48, prompt_tokens: int = 2,
+               seed: int = 0) -> LlamaImageModel:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                         rms_norm_eps=1e-5)
+    model = LlamaImageModel(config, num_classes=10, prompt_tokens=prompt_tokens)
+    # Larger embeddings than the default init give peaked, input-dependent attention, so eviction
+    # visibly changes the logits and the exactness tests have something to catch.
+    with torch.no_grad():
+        model.backbone.embed_tokens.weight.normal_(0, 1.0)
+        model.class_embedding.weight.normal_(0, 1.0)
+        for layer in model.backbone.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    path = tmp_path / f"backbone-kv{kv_heads}-l{layers}"
+    model.backbone.save_pretrained(path)
+    model.backbone = LlamaModel.from_pretrained(path, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_model(tmp_path)
+
+
+@pytest.fixture
+def gqa_model(tmp_path):
+    return tiny_model(tmp_path, kv_heads=2)

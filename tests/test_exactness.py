@@ -1,0 +1,95 @@
+"""The engine against reference computations: a plain DynamicCache decode, and a full-cache
+forward whose evicted keys are masked out."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from linear_core import CacheSettings, DecodeSession, Guidance, LineLayout, SamplingConfig, generate
+from reference import eviction_lines, masked_logits, plain_decode
+from conftest import tiny_model
+
+
+def feed_and_record(session: DecodeSession, tokens: torch.Tensor, chunk: int):
+    """Teacher-force ``tokens`` in chunks (never across a line end); return the CFG-combined logits
+    for every image token and, per stream and layer, the kept indices after each line boundary."""
+    lay = session.layout
+    history = [[[] for _ in stream.cache.layers] for stream in session.streams]
+    logits = [session.prefill()[:, None]]
+    start = 0
+    while start < lay.image_tokens - 1:
+        line_end = (start // lay.line_tokens + 1) * lay.line_tokens
+        stop = min(start + chunk, line_end, lay.image_tokens - 1)
+        logits.append(session.feed(tokens[:, start:stop]))
+        if stop == line_end:
+            for s, stream in enumerate(session.streams):
+                for layer_idx in range(len(stream.cache.layers)):
+                    history[s][layer_idx].append(stream.cache.kept_image_indices(layer_idx).clone())
+        start = stop
+    return torch.cat(logits, dim=1), history
+
+
+def reference_logits(model, conditioning, guidance, layout, tokens, history):
+    per_stream = []
+    prefixes = [conditioning.prefix] + ([conditioning.uncond_prefix] if conditioning.uncond_prefix is not None else [])
+    for s, prefix in enumerate(prefixes):
+        rows_tokens = guidance.expand_tokens(tokens[:, :-1]) if s == 0 else tokens[:, :-1]
+        lay = layout.with_prefix(prefix.shape[1])
+        evicted = [eviction_lines(h, lay) for h in history[s]]
+        per_stream.append(masked_logits(model, prefix, rows_tokens, lay, evicted))
+    return guidance.combine(*per_stream)
+
+
+CASES = [
+    # policy, eol, kv_heads, cfg layout, chunk, head sharing, cfg mode
+    ("linear", False, 4, "halves", 1, "per_head", "independent"),
+    ("linear", True, 4, "interleaved", 1, "per_head", "independent"),
+    ("linear", False, 2, "halves", 3, "per_head", "independent"),
+    ("linear", True, 2, "interleaved", 9, "shared", "shared_sum"),
+    ("linear", False, 4, "separate", 1, "per_head", "shared_cond"),
+    ("h2o", True, 2, "halves", 1, "per_head", "independent"),
+    ("rkv", False, 4, "interleaved", 4, "per_head", "independent"),
+    ("streaming", True, 4, "halves", 1, "per_head", "independent"),
+    ("random", False, 2, "separate", 5, "per_head", "independent"),
+]
+
+
+@pytest.mark.parametrize("policy,eol,kv_heads,cfg_layout,chunk,sharing,cfg_mode", CASES)
+def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_layout, chunk, sharing, cfg_mode):
+    model = tiny_model(tmp_path, kv_heads=kv_heads)
+    layout = LineLayout(prefix_len=model.prefix_len, grid_h=8, grid_w=8, eol=eol)
+    settings = CacheSettings(policy, budget="3 lines", anchors=2, recent_lines=1, head_sharing=sharing, cfg_mode=cfg_mode)
+    guidance = Guidance(2.0, cfg_layout)
+    labels = torch.tensor([3, 7])
+    conditioning = model.conditioning(labels, guidance)
+    tokens = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens), generator=torch.Generator().manual_seed(1))
+
+    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=5)
+    try:
+        got, history = feed_and_record(session, tokens, chunk)
+    finally:
+        session.close()
+    assert session.compressions >= layout.grid_h - 4  # evictions really happened
+    expected = reference_logits(model, conditioning, guidance, session.layout, tokens, history)
+
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5
+    # and the evictions mattered: the full-cache logits differ clearly
+    full = DecodeSession(model, conditioning, layout, CacheSettings("full"), guidance)
+    try:
+        full_logits, _ = feed_and_record(full, tokens, chunk)
+    finally:
+        full.close()
+    assert (full_logits - expected).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("policy,budget", [("full", "1/6"), ("linear", "1"), ("linear", "12 lines")])
+def test_no_eviction_is_a_plain_decode(model, policy, budget):
+    layout = LineLayout(prefix_len=model.prefix_len, grid_h=6, grid_w=6)
+    guidance = Guidance(3.0, "halves")
+    conditioning = model.conditioning(torch.tensor([1, 4, 9]), guidance)
+    result = generate(model, conditioning, layout, CacheSettings(policy, budget), guidance,
+                      SamplingConfig(top_k=20), seed=11)
+    expected = plain_decode(model, conditioning, guidance, layout.image_tokens, seed=11, top_k=20)
+    assert torch.equal(result.tokens, expected)
+    assert result.stats.compressions == 0
