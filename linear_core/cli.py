@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput and KV memory of policies side by side (random weights)")
     bench.add_argument("--arch", default="llamagen-b", choices=sorted(ARCHS))
     bench.add_argument("--policies", type=_policies, default=("full", "linear"), help="comma-separated, first = baseline")
-    bench.add_argument("--budget", default="1/6", help="ratio of image tokens ('1/6', '0.25') or lines ('4 lines')")
+    bench.add_argument("--budget", default="1/6", help="ratio of image tokens ('1/6', '0.25') or lines ('4 lines'); several: '1/4,1/6'")
     bench.add_argument("--batch", type=int, default=1, help="images (CFG doubles the rows)")
     bench.add_argument("--layers", type=int, default=None, help="cut the depth (CPU runs)")
     bench.add_argument("--grid", type=int, default=None, help="override the square token grid")

@@ -106,6 +106,7 @@ class DecodeSession:
         """Feed the next image tokens ``(batch, q)`` (never across a line end); returns CFG-combined
         logits ``(batch, q, vocab)``. Compresses when the chunk completes a line."""
         start = self.streams[0].cache.image_written
+        tokens = tokens.to(self.geometry.device)
         q = tokens.shape[1]
         line_end = (start // self.layout.line_tokens + 1) * self.layout.line_tokens
         if start + q > min(line_end, self.layout.image_tokens):

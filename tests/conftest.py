@@ -1,11 +1,17 @@
 """Tiny random Llama-backbone image models, saved to disk and loaded back through transformers."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaModel
 
 from linear_core.families.llama import LlamaImageModel
+
+
+#: device the tests run on: ``LINEAR_TEST_DEVICE=cuda pytest`` runs the suite on a GPU
+DEVICE = torch.device(os.environ.get("LINEAR_TEST_DEVICE", "cpu"))
 
 
 def tiny_model(tmp_path, kv_heads: int = 4, layers: int = 2, vocab: int = 48, prompt_tokens: int = 2,
@@ -26,7 +32,7 @@ def tiny_model(tmp_path, kv_heads: int = 4, layers: int = 2, vocab: int = 48, pr
     path = tmp_path / f"backbone-kv{kv_heads}-l{layers}"
     model.backbone.save_pretrained(path)
     model.backbone = LlamaModel.from_pretrained(path, dtype=torch.float32)
-    return model.eval()
+    return model.eval().to(DEVICE)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def visibility_masks(evicted_at: torch.Tensor, layout: LineLayout, q_heads: int,
     and image key k invisible to queries of lines after the boundary that evicted it."""
     rows, kv_heads, n = evicted_at.shape
     p = layout.prefix_len
-    pos = torch.arange(length)
+    pos = torch.arange(length, device=evicted_at.device)
     visible = pos[None, :] <= pos[:, None]
     visible = visible.expand(rows, kv_heads, length, length).clone()
     query_line = ((pos - p).clamp(min=0) // layout.line_tokens)  # prefix queries see no image keys anyway
@@ -53,7 +53,7 @@ def visibility_masks(evicted_at: torch.Tensor, layout: LineLayout, q_heads: int,
     key_evicted = evicted_at[:, :, : length - p]  # (rows, heads, keys)
     visible[:, :, :, image_keys] &= query_line[None, None, :, None] <= key_evicted[:, :, None, :]
     visible = visible.repeat_interleave(q_heads // kv_heads, dim=1)
-    return torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))
+    return torch.zeros(visible.shape, device=visible.device).masked_fill(~visible, float("-inf"))
 
 
 def masked_logits(model, prefix: torch.Tensor, tokens_rows: torch.Tensor, layout: LineLayout,
@@ -62,11 +62,12 @@ def masked_logits(model, prefix: torch.Tensor, tokens_rows: torch.Tensor, layout
     embeds = torch.cat([prefix, model.embed_image_tokens(tokens_rows)], dim=1)
     length = embeds.shape[1]
     lay = layout.with_prefix(prefix.shape[1])
-    masks = [visibility_masks(e, lay, model.config.num_attention_heads, length) for e in evicted_per_layer]
+    masks = [visibility_masks(e.to(embeds.device), lay, model.config.num_attention_heads, length)
+             for e in evicted_per_layer]
     previous = model.backbone.config._attn_implementation
     model.backbone.set_attn_implementation(MASKED)
     try:
-        positions = torch.arange(length)[None].expand(embeds.shape[0], -1)
+        positions = torch.arange(length, device=embeds.device)[None].expand(embeds.shape[0], -1)
         hidden = model.backbone(inputs_embeds=embeds, position_ids=positions, reference_masks=masks).last_hidden_state
     finally:
         model.backbone.set_attn_implementation(previous)
@@ -77,7 +78,7 @@ def plain_decode(model, conditioning: Conditioning, guidance: Guidance, steps: i
                  top_k: int = 0) -> torch.Tensor:
     """A textbook decode with transformers' DynamicCache and SDPA: CFG halves, top-k, multinomial."""
     model.backbone.set_attn_implementation("sdpa")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=conditioning.prefix.device).manual_seed(seed)
     cache = DynamicCache(config=model.backbone.config)
     out = model.backbone(inputs_embeds=conditioning.prefix, past_key_values=cache, use_cache=True)
     logits = model.image_logits(out.last_hidden_state[:, -1])

@@ -62,7 +62,8 @@ def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_l
     guidance = Guidance(2.0, cfg_layout)
     labels = torch.tensor([3, 7])
     conditioning = model.conditioning(labels, guidance)
-    tokens = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens),
+                           generator=torch.Generator().manual_seed(1)).to(conditioning.prefix.device)
 
     session = DecodeSession(model, conditioning, layout, settings, guidance, seed=5)
     try:
