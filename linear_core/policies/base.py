@@ -95,3 +95,21 @@ class EvictionPolicy:
 def mean_line_attention(view: LayerView) -> torch.Tensor:
     """Mean attention each visual slot received from the line's queries, averaged over the GQA group."""
     return view.attention().mean(dim=(2, 3))
+
+
+@dataclass
+class AnchorsAndLinesPolicy(EvictionPolicy):
+    """Protects LineAR's regions: the first ``anchors`` image tokens and the last ``recent_lines``
+    complete lines. Subclasses choose the middle tokens by their ``score``."""
+
+    anchors: int = 4
+    recent_lines: int = 2
+
+    def protected_tokens(self, layout: LineLayout) -> int:
+        return self.anchors + self.recent_lines * layout.line_tokens
+
+    def describe_protected(self, layout: LineLayout) -> str:
+        return f"{self.anchors} anchors + {self.recent_lines} recent lines x {layout.line_tokens}"
+
+    def protected(self, view: LayerView) -> torch.Tensor:
+        return view.is_anchor(self.anchors) | view.in_recent_lines(self.recent_lines)
