@@ -11,7 +11,11 @@ from .policies import EvictionPolicy, make_policy
 @dataclass(frozen=True)
 class CacheSettings:
     """Policy and budget of a run. ``anchors`` and ``recent_lines`` apply to the policies that take
-    them (``linear``, ``random``; ``recent_lines`` also ``h2o``); ``sinks`` to ``streaming``."""
+    them (``linear``, ``random``; ``recent_lines`` also ``h2o``); ``sinks`` to ``streaming``.
+
+    The defaults are the best measured on a trained model (``scripts/ablate_defaults.py``, README):
+    4 anchors and 2 recent lines beat 0/1 anchors and 1 line; per-head selection beat a shared one;
+    sharing the selection across CFG rows changed fidelity by under 4%, either way."""
 
     policy: str = "linear"
     budget: Budget | str | float = "1/6"
