@@ -50,11 +50,6 @@ class CacheGeometry:
             device=param.device,
         )
 
-    def bytes_per_token(self, rows: int) -> int:
-        """K and V bytes of one cached token over all layers and rows."""
-        element = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * rows * self.kv_heads * self.head_dim * element
-
 
 @dataclass
 class Conditioning:

@@ -52,6 +52,7 @@ def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layou
                    tokens: torch.Tensor, settings: CacheSettings,
                    guidance: Guidance = Guidance(1.0, "none")) -> TeacherForcedReport:
     """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``."""
+    layout.check_sequence(conditioning.prefix.shape[1], tokens.shape[1])
     full = DecodeSession(adapter, conditioning, layout, FULL, guidance)
     comp = DecodeSession(adapter, conditioning, layout, settings, guidance)
     n, width = layout.image_tokens, layout.line_tokens

@@ -34,3 +34,12 @@ def test_coupled_agreement(model):
     assert tight.agreement < 1.0
     first = [line for line in tight.first_divergence_line if line is not None]
     assert first and min(first) >= 2  # line 2 is the first predicted from an evicted cache
+
+
+def test_teacher_forced_rejects_tokens_that_do_not_fit(model):
+    import pytest
+
+    layout = LineLayout(model.prefix_len, 4, 4)
+    conditioning = model.conditioning(torch.tensor([1]), Guidance(1.0, "none"))
+    with pytest.raises(ValueError, match="do not fit a 4x4 grid"):
+        teacher_forced(model, conditioning, layout, torch.zeros(1, 17, dtype=torch.long), CacheSettings("linear", "1/2"))
