@@ -2,8 +2,9 @@
 
 Sizes from the upstream checkpoints (LlamaGen GPT-B…3B, Janus-Pro-1B/7B language models,
 Lumina-mGPT's Chameleon-7B); prefix lengths are typical prompts. The benchmark builds each as a
-`LlamaImageModel`, which has the same attention and KV shapes (Chameleon's q/k-norm and LlamaGen's
-2-D rotary cost nothing measurable next to them).
+`LlamaGenModel` (LlamaGen: the real architecture, 2-D rotary included) or a `LlamaImageModel`
+(Janus-Pro, Lumina-mGPT until their families land: the same attention and KV shapes; Chameleon's
+q/k-norm costs nothing measurable next to them).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from transformers import LlamaConfig
 
 from .families.llama import LlamaImageModel
+from .families.llamagen import LlamaGenModel, LlamaGenSpec
+from .families.llamagen import build as build_llamagen
 from .layout import Budget, LineLayout
 
 
@@ -31,13 +34,19 @@ class ArchShape:
     eol: bool = False
     cfg_layout: str = "halves"
     top_k: int = 0
+    family: str = "llama"
 
     def layout(self, budget: Budget | str = "1/6") -> LineLayout:
         return LineLayout(self.prefix_len, self.grid, self.grid, self.eol, Budget.parse(budget))
 
     def build(self, layers: int | None = None, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu", seed: int = 0) -> LlamaImageModel:
+              device: torch.device | str = "cpu", seed: int = 0) -> LlamaImageModel | LlamaGenModel:
         """A random-weight model of this shape (``layers`` cuts depth for CPU runs)."""
+        if self.family == "llamagen":
+            torch.manual_seed(seed)
+            spec = LlamaGenSpec(dim=self.hidden, layers=layers or self.layers, heads=self.heads, grid=self.grid,
+                                vocab=self.vocab, ffn=self.ffn)
+            return build_llamagen(spec, dtype=dtype, device=device)
         config = LlamaConfig(
             vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.ffn,
             num_hidden_layers=layers or self.layers, num_attention_heads=self.heads,
@@ -56,7 +65,8 @@ class ArchShape:
 
 
 def _llamagen(name: str, layers: int, hidden: int, heads: int, ffn: int, head_dim: int | None = None) -> ArchShape:
-    return ArchShape(name, layers, hidden, heads, ffn, vocab=16384, grid=24, prefix_len=1, head_dim=head_dim)
+    return ArchShape(name, layers, hidden, heads, ffn, vocab=16384, grid=24, prefix_len=1, head_dim=head_dim,
+                     family="llamagen")
 
 
 def _janus(name: str, layers: int, hidden: int, heads: int, ffn: int) -> ArchShape:

@@ -7,22 +7,11 @@ from dataclasses import replace
 import torch
 
 from .archs import get_arch
+from .devices import DTYPES, default_device
 from .engine import generate, synchronize
 from .guidance import Guidance
 from .sampling import SamplingConfig
 from .settings import CacheSettings
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
 
 def run_bench(arch: str = "llamagen-b", policies: tuple[str, ...] = ("full", "linear"), budget: str = "1/6",
               batch: int = 1, layers: int | None = None, grid: int | None = None, device: str | None = None,

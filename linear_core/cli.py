@@ -1,14 +1,20 @@
-"""Command line: ``python -m linear_core bench …``."""
+"""Command line: ``python -m linear_core generate | fidelity | bench …``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
 from .archs import ARCHS
-from .bench import DTYPES, format_table, run_bench
+from .bench import format_table, run_bench
+from .demo import DEMO_NAME
+from .devices import DTYPES
+from .fidelity import fidelity_report, format_fidelity
+from .images import save_png
+from .pipeline import load_pipeline
 from .policies import POLICIES
 from .settings import CacheSettings
 
@@ -21,9 +27,59 @@ def _policies(text: str) -> tuple[str, ...]:
     return names
 
 
+def _cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--anchors", type=int, default=CacheSettings.anchors, help="first image tokens always kept")
+    parser.add_argument("--recent-lines", type=int, default=CacheSettings.recent_lines, help="latest lines always kept")
+    parser.add_argument("--sinks", type=int, default=CacheSettings.sinks, help="sink tokens of 'streaming'")
+    parser.add_argument("--head-sharing", default=CacheSettings.head_sharing, choices=("per_head", "shared"))
+    parser.add_argument("--cfg-mode", default=CacheSettings.cfg_mode, choices=("independent", "shared_cond", "shared_sum"))
+
+
+def _settings(args: argparse.Namespace, policy: str = "full", budget: str = "full") -> CacheSettings:
+    return CacheSettings(policy=policy, budget=budget, anchors=args.anchors, recent_lines=args.recent_lines,
+                         sinks=args.sinks, head_sharing=args.head_sharing, cfg_mode=args.cfg_mode)
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}) or a LlamaGen c2i_*.pt / .safetensors")
+    parser.add_argument("--vq", default=None, help="VQ tokenizer of a LlamaGen model (vq_ds16_c2i.pt)")
+    parser.add_argument("--grid", type=int, default=None, help="token grid when the file name has no _256/_384/_512")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads, for non-standard LlamaGen widths")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m linear_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images with a cache policy; writes a PNG and prints stats")
+    _model_options(gen)
+    gen.add_argument("--label", action="append", default=None,
+                     help="class id or name ('207', 'golden retriever'); repeat for several, cycled over --batch")
+    gen.add_argument("--policy", default="linear", choices=sorted(POLICIES))
+    gen.add_argument("--budget", default=CacheSettings.budget, help="'1/6', '0.25', '4 lines' or 'full'")
+    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None, help="0 = off (default: the model's)")
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch", type=int, default=1, help="images (CFG doubles the rows)")
+    gen.add_argument("--out", default="linear_ar.png", help="PNG to write (a grid when --batch > 1)")
+    _cache_options(gen)
+
+    fid = sub.add_parser("fidelity", help="teacher-forced KL and agreement of policies vs the full cache")
+    _model_options(fid)
+    fid.add_argument("--budget", default="1/4")
+    fid.add_argument("--policies", type=_policies, default=("linear", "streaming", "h2o", "rkv", "random"))
+    fid.add_argument("--sequences", type=int, default=40, help="sequences, spread over all classes")
+    fid.add_argument("--chunk", type=int, default=20, help="sequences per forward batch")
+    fid.add_argument("--cfg", type=float, default=None)
+    fid.add_argument("--seed", type=int, default=0)
+    _cache_options(fid)
+
     bench = sub.add_parser("bench", help="throughput and KV memory of policies side by side (random weights)")
     bench.add_argument("--arch", default="llamagen-b", choices=sorted(ARCHS))
     bench.add_argument("--policies", type=_policies, default=("full", "linear"), help="comma-separated, first = baseline")
@@ -34,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     bench.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     bench.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
-    bench.add_argument("--anchors", type=int, default=CacheSettings.anchors)
-    bench.add_argument("--recent-lines", type=int, default=CacheSettings.recent_lines)
-    bench.add_argument("--head-sharing", default=CacheSettings.head_sharing, choices=("per_head", "shared"))
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    _cache_options(bench)
     return parser
+
+
+def _generate(args: argparse.Namespace) -> dict:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}.")
+    settings = _settings(args, args.policy, args.budget)
+    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads)
+    labels = args.label or ["0"]
+    labels = [labels[i % len(labels)] for i in range(args.batch)]
+    sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
+    batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed)
+    path = save_png(batch.images, args.out)
+    return {"image": str(path), **batch.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +114,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        base = CacheSettings(anchors=args.anchors, recent_lines=args.recent_lines, head_sharing=args.head_sharing)
-        report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
-                           args.device, args.dtype, args.repeats, base=base)
+        if args.command == "generate":
+            report = _generate(args)
+            text = _format_generate(report)
+        elif args.command == "fidelity":
+            pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads)
+            report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
+                                     args.seed, _settings(args))
+            text = format_fidelity(report)
+        else:
+            report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
+                               args.device, args.dtype, args.repeats, base=_settings(args))
+            text = format_table(report)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    print(json.dumps(report, indent=2) if args.json else text)
     return 0
+
+
+def _format_generate(report: dict) -> str:
+    mib = 2 ** 20
+    return "\n".join([
+        f"wrote {report['image']} ({report['batch']} image{'s' if report['batch'] > 1 else ''}, labels {report['labels']})",
+        f"model {report['model']} on {report['device']}, policy {report['policy']}: {report['budget_tokens']} of "
+        f"{report['image_tokens']} image tokens cached",
+        f"KV cache {report['peak_kv_bytes'] / mib:.2f} MiB vs {report['full_kv_bytes'] / mib:.2f} MiB full "
+        f"({report['kv_saving'] * 100:.1f}% saved)",
+        f"{report['tokens_per_s']:.1f} tokens/s, {report['seconds']:.2f} s "
+        f"(decode {report['decode_s']:.2f} s, compression {report['compression_s']:.2f} s, image {report['image_decode_s']:.2f} s)",
+    ])

@@ -80,10 +80,13 @@ class CoupledReport:
 
 def coupled_agreement(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                       settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
-                      sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> CoupledReport:
-    """Free-running agreement of ``settings`` with the full cache under shared Gumbel noise."""
+                      sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+                      reference: torch.Tensor | None = None) -> CoupledReport:
+    """Free-running agreement of ``settings`` with the full cache under shared Gumbel noise.
+    ``reference``: the full cache's tokens from an earlier call with the same arguments (reused
+    when several policies are compared)."""
     coupled = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, draw="gumbel")
-    ref = generate(adapter, conditioning, layout, FULL, guidance, coupled, seed).tokens.cpu()
+    ref = reference.cpu() if reference is not None else generate(adapter, conditioning, layout, FULL, guidance, coupled, seed).tokens.cpu()
     out = generate(adapter, conditioning, layout, settings, guidance, coupled, seed).tokens.cpu()
     differs = ref != out
     first = []

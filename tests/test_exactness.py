@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from linear_core import CacheSettings, DecodeSession, Guidance, LineLayout, SamplingConfig, generate
+from linear_core.families.llamagen import load_llamagen
+from llamagen_files import upstream_state
 from reference import eviction_lines, masked_logits, plain_decode
-from conftest import tiny_model
+from conftest import DEVICE, tiny_model
 
 
 def feed_and_record(session: DecodeSession, tokens: torch.Tensor, chunk: int):
@@ -38,6 +40,16 @@ def reference_logits(model, conditioning, guidance, layout, tokens, history):
         evicted = [eviction_lines(h, lay) for h in history[s]]
         per_stream.append(masked_logits(model, prefix, rows_tokens, lay, evicted))
     return guidance.combine(*per_stream)
+
+
+def assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected) -> None:
+    """The full cache's logits differ clearly from the masked reference (so the masks were tested)."""
+    full = DecodeSession(model, conditioning, layout, CacheSettings("full"), guidance)
+    try:
+        full_logits, _ = feed_and_record(full, tokens, chunk)
+    finally:
+        full.close()
+    assert (full_logits - expected).abs().max().item() > 1e-3
 
 
 CASES = [
@@ -75,13 +87,7 @@ def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_l
 
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() <= 1e-5
-    # and the evictions mattered: the full-cache logits differ clearly
-    full = DecodeSession(model, conditioning, layout, CacheSettings("full"), guidance)
-    try:
-        full_logits, _ = feed_and_record(full, tokens, chunk)
-    finally:
-        full.close()
-    assert (full_logits - expected).abs().max().item() > 1e-3
+    assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected)
 
 
 @pytest.mark.parametrize("policy,budget", [("full", "1/6"), ("linear", "1"), ("linear", "12 lines")])
@@ -94,3 +100,25 @@ def test_no_eviction_is_a_plain_decode(model, policy, budget):
     expected = plain_decode(model, conditioning, guidance, layout.image_tokens, seed=11, top_k=20)
     assert torch.equal(result.tokens, expected)
     assert result.stats.compressions == 0
+
+
+@pytest.mark.parametrize("policy,chunk", [("linear", 1), ("h2o", 3), ("streaming", 8)])
+def test_llamagen_logits_equal_masked_full_forward(tmp_path, policy, chunk):
+    """The same check on the LlamaGen family (2-D RoPE, class-token prefix), loaded from an upstream file."""
+    path = tmp_path / "c2i_T_256.pt"
+    torch.save({"model": upstream_state(layers=2)}, path)
+    model = load_llamagen(path, grid=8, heads=4, device=DEVICE)
+    layout = model.spec.layout()
+    settings = CacheSettings(policy, budget="3 lines", anchors=2, recent_lines=1)
+    guidance = model.guidance(3.0)
+    conditioning = model.conditioning(torch.tensor([2, 9], device=DEVICE), guidance)
+    tokens = torch.randint(0, 64, (2, 64), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=1)
+    try:
+        got, history = feed_and_record(session, tokens, chunk)
+    finally:
+        session.close()
+    expected = reference_logits(model, conditioning, guidance, session.layout, tokens, history)
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected)
+

@@ -2,9 +2,9 @@
 
 Prefix = one class embedding (row ``num_classes`` is the null class used for CFG) followed by
 ``prompt_tokens`` fixed prompt embeddings; image tokens go through the backbone's embedding table
-and a linear head. It is what the benchmark builds at real architecture sizes with random weights
-and what the engine tests run on; the real families differ only in their embeddings, rotary and
-heads.
+and a linear head. The engine tests run on it, and the benchmark builds it for the Janus-Pro and
+Lumina-mGPT shapes until their families land; real families differ only in their embeddings, rotary
+and heads (LlamaGen: `llamagen.py`).
 """
 from __future__ import annotations
 

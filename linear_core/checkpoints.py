@@ -1,0 +1,77 @@
+"""Reading weight files safely: ``.safetensors`` and pickled ``.pt``/``.pth``/``.bin`` state dicts.
+
+Pickles are opened with ``torch.load(weights_only=True)`` (tensors and plain containers only, no
+code runs) and memory-mapped where torch can, so a multi-GB checkpoint is not copied into RAM before
+it is converted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+#: wrappers upstream training scripts put around the state dict (DDP, DeepSpeed, Lightning)
+STATE_DICT_KEYS = ("model", "module", "state_dict")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(state dict, metadata)`` of one weight file; metadata is the safetensors header's
+    ``__metadata__`` (empty for pickles). Raises ``ValueError`` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+        except Exception as error:  # safetensors raises its own error types
+            raise ValueError(f"{path.name} is not a readable safetensors file: {error}") from error
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ValueError(f"{path.name}: unsupported weight file type {path.suffix!r}; "
+                         f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
+        data = _load_unmapped(path)
+    except Exception as error:
+        raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
+                         "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
+    return unwrap_state_dict(data, path.name), {}
+
+
+def _load_unmapped(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
+                         "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
+
+
+def unwrap_state_dict(data, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensor dict inside an upstream checkpoint (``{"model": …}``, ``{"module": …}``, …)."""
+    if isinstance(data, dict):
+        for key in STATE_DICT_KEYS:
+            inner = data.get(key)
+            if isinstance(inner, dict) and any(torch.is_tensor(v) for v in inner.values()):
+                return {k: v for k, v in inner.items() if torch.is_tensor(v)}
+        tensors = {k: v for k, v in data.items() if torch.is_tensor(v)}
+        if tensors:
+            return tensors
+    raise ValueError(f"{name} holds no state dict (expected tensors, or a dict under one of "
+                     f"{', '.join(STATE_DICT_KEYS)}).")
+
+
+def describe_state_dict(state: dict) -> str:
+    """A short guess of what a non-LlamaGen weight file is, for error messages."""
+    keys = list(state)
+    if "quantize.embedding.weight" in state or any(k.startswith("decoder.conv_in") for k in keys):
+        return "a VQ image tokenizer (pass it as the VQ / decoder file, not as the GPT)"
+    if any(k.startswith(("language_model.", "model.language_model.", "gen_head.")) for k in keys):
+        return "a Janus checkpoint"
+    if any(k.startswith(("model.layers.", "lm_head.")) for k in keys):
+        return "a Hugging Face causal LM (Chameleon / Lumina-mGPT or Llama)"
+    return f"an unknown model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"

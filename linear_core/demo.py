@@ -1,0 +1,43 @@
+"""The built-in demo model ``demo-digits``: grey-level "tokenizer" and the digit-accuracy metric.
+
+The demo is a LlamaGen-architecture GPT trained on scikit-learn's 8x8 digits upscaled to a token
+grid (``scripts/train_demo.py``); its tokens are grey levels, so decoding is exact and needs no VQ.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+DEMO_NAME = "demo-digits"
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / DEMO_NAME
+
+
+class DigitsPalette:
+    """Token ``t`` ↔ grey ``t / (levels − 1)`` on a ``grid × grid`` raster (white digit on black)."""
+
+    def __init__(self, grid: int, levels: int, scale: int = 8) -> None:
+        self.grid, self.levels, self.scale = grid, levels, scale
+
+    def grey(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(batch, grid²)`` → ``(batch, 1, grid, grid)`` in [0, 1]."""
+        return (tokens.float() / (self.levels - 1)).clamp(0, 1).view(-1, 1, self.grid, self.grid)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(batch, grid²)`` → RGB ``(batch, 3, grid·scale, grid·scale)`` in [0, 1] (nearest upscaling,
+        so every token stays one visible square)."""
+        grey = self.grey(tokens)
+        if self.scale > 1:
+            grey = F.interpolate(grey, scale_factor=self.scale, mode="nearest")
+        return grey.expand(-1, 3, -1, -1).contiguous()
+
+    def to_digits8(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Back to the 8x8 digits resolution, flattened ``(batch, 64)``, for the class-mean metric."""
+        return F.adaptive_avg_pool2d(self.grey(tokens.cpu()), 8).flatten(1)
+
+
+def nearest_mean_accuracy(images8: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor) -> float:
+    """Share of ``(n, 64)`` images whose nearest class mean (Euclidean) is their label's."""
+    distances = torch.cdist(images8.float(), class_means.float())
+    return (distances.argmin(dim=1) == labels.cpu()).float().mean().item()

@@ -1,0 +1,67 @@
+"""How close each policy stays to the full cache on a real (trained) model: the `fidelity` command.
+
+Sequences are the model's own full-cache samples, spread evenly over its classes. Each policy is
+then scored by the teacher-forced KL(full ‖ policy) and top-1 agreement on those sequences (the
+same prefix and tokens for both caches) and by the coupled-noise agreement of free-running samples.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .engine import generate
+from .metrics import FULL, coupled_agreement, teacher_forced
+from .pipeline import ClassConditionalPipeline
+from .settings import CacheSettings
+
+
+def spread_labels(count: int, classes: int) -> list[int]:
+    """``count`` class ids covering all ``classes`` evenly (every class when count ≥ classes)."""
+    return [int(i * classes / count) % classes if count < classes else i % classes for i in range(count)]
+
+
+@torch.inference_mode()
+def fidelity_report(pipeline: ClassConditionalPipeline, policies: tuple[str, ...], budget: str = "1/4",
+                    sequences: int = 40, batch: int = 20, cfg: float | None = None, seed: int = 0,
+                    base: CacheSettings = CacheSettings()) -> dict:
+    model, layout = pipeline.model, pipeline.layout
+    cfg = pipeline.defaults.cfg if cfg is None else cfg
+    guidance, sampling = model.guidance(cfg), pipeline.defaults.sampling()
+    labels = spread_labels(sequences, len(pipeline.class_names))
+    plans = {policy: replace(base, policy=policy, budget=budget) for policy in policies}
+    for settings in plans.values():
+        settings.make_policy().validate(layout.with_budget(settings.budget))  # fail before any work
+    sums = {p: {"kl": 0.0, "top1": 0.0, "coupled": 0.0, "kl_lines": torch.zeros(layout.grid_h)} for p in plans}
+    for start in range(0, sequences, batch):
+        chunk = labels[start:start + batch]
+        chunk_seed = seed + start
+        conditioning = model.conditioning(torch.tensor(chunk, device=pipeline.device), guidance)
+        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed).tokens
+        coupled_ref = None
+        for policy, settings in plans.items():
+            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance)
+            coupled = coupled_agreement(model, conditioning, layout, settings, guidance, sampling, chunk_seed,
+                                        reference=coupled_ref)
+            coupled_ref = coupled.full_tokens
+            weight = len(chunk) / sequences
+            sums[policy]["kl"] += forced.kl_mean * weight
+            sums[policy]["top1"] += forced.top1_agreement * weight
+            sums[policy]["coupled"] += coupled.agreement * weight
+            sums[policy]["kl_lines"] += torch.tensor(forced.per_line()["kl"]) * weight
+    budget_tokens = layout.with_budget(plans[policies[0]].budget).budget_tokens if policies else layout.image_tokens
+    return {
+        "model": pipeline.name, "budget": str(budget), "budget_tokens": budget_tokens,
+        "image_tokens": layout.image_tokens, "n_sequences": sequences, "cfg": cfg, "seed": seed,
+        "results": {p: {"kl_mean": s["kl"], "top1_agreement": s["top1"], "coupled_agreement": s["coupled"],
+                        "kl_per_line": [round(v, 6) for v in s["kl_lines"].tolist()]} for p, s in sums.items()},
+    }
+
+
+def format_fidelity(report: dict) -> str:
+    lines = [f"{report['model']}: budget {report['budget']} = {report['budget_tokens']} of {report['image_tokens']} "
+             f"image tokens, {report['n_sequences']} sequences, cfg {report['cfg']}",
+             f"{'policy':<12} {'KL(full||policy)':>17} {'top-1 agree':>12} {'coupled agree':>14}"]
+    for name, r in report["results"].items():
+        lines.append(f"{name:<12} {r['kl_mean']:>17.5f} {r['top1_agreement']:>12.4f} {r['coupled_agreement']:>14.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Ready-to-run generators: a model, its image decoder, class names and sampling defaults.
+
+`load_pipeline` turns what a user names — the built-in ``demo-digits``, a LlamaGen ``c2i_*.pt`` /
+``.safetensors`` plus its VQ file — into a `ClassConditionalPipeline`; the CLI and the ComfyUI
+nodes only call that. Its `generate` goes labels → conditioning → engine → decoded images.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
+from .devices import default_device, parse_dtype
+from .engine import Callbacks, GenerationStats, generate, synchronize
+from .families.llamagen import LlamaGenModel, load_llamagen
+from .labels import imagenet_classes, resolve_label
+from .layout import LineLayout
+from .sampling import SamplingConfig
+from .settings import CacheSettings
+
+BUILTIN_MODELS = {DEMO_NAME: DEMO_DIR}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What the upstream sample scripts use; a request may override each."""
+
+    cfg: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def sampling(self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 draw: str = "multinomial") -> SamplingConfig:
+        pick = lambda given, default: default if given is None else given  # noqa: E731
+        return SamplingConfig(pick(temperature, self.temperature), pick(top_k, self.top_k), pick(top_p, self.top_p), draw)
+
+
+#: LlamaGen's sample_c2i.py defaults
+LLAMAGEN_DEFAULTS = SamplingDefaults(cfg=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+
+
+@dataclass
+class ImageBatch:
+    images: torch.Tensor  # (batch, 3, H, W) in [0, 1], on the CPU
+    tokens: torch.Tensor  # (batch, N)
+    labels: list[int]
+    stats: GenerationStats
+    decode_s: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """Prefill + decode + image decoding."""
+        return self.stats.total_s + self.decode_s
+
+    def summary(self) -> dict:
+        stats = self.stats
+        return {
+            "labels": self.labels, **self.settings, "policy": stats.policy, "budget_tokens": stats.budget_tokens,
+            "image_tokens": stats.image_tokens, "batch": stats.batch,
+            "peak_kv_bytes": stats.kv_allocated_bytes, "full_kv_bytes": stats.full_kv_bytes,
+            "kv_saving": stats.kv_saving, "query_buffer_bytes": stats.query_buffer_bytes,
+            "tokens_per_s": stats.tokens_per_s, "seconds": self.seconds, "prefill_s": stats.prefill_s,
+            "decode_s": stats.decode_s, "compression_s": stats.compression_s, "image_decode_s": self.decode_s,
+        }
+
+
+@dataclass
+class ClassConditionalPipeline:
+    name: str
+    family: str  # "demo-digits" | "llamagen"
+    model: LlamaGenModel
+    decode: Callable[[torch.Tensor], torch.Tensor]  # (batch, N) tokens → (batch, 3, H, W) in [0, 1]
+    class_names: tuple[str, ...]
+    defaults: SamplingDefaults
+
+    @property
+    def layout(self) -> LineLayout:
+        return self.model.spec.layout()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def label(self, value: str | int) -> int:
+        return resolve_label(value, self.class_names)
+
+    def generate(self, labels: Sequence[str | int], settings: CacheSettings = CacheSettings(), cfg: float | None = None,
+                 sampling: SamplingConfig | None = None, seed: int = 0, callbacks: Callbacks = Callbacks()) -> ImageBatch:
+        """One image per entry of ``labels`` (ids or names), decoded to RGB."""
+        ids = [self.label(value) for value in labels]
+        if not ids:
+            raise ValueError("Give at least one class label.")
+        cfg = self.defaults.cfg if cfg is None else cfg
+        sampling = sampling or self.defaults.sampling()
+        guidance = self.model.guidance(cfg)
+        conditioning = self.model.conditioning(torch.tensor(ids, device=self.device), guidance)
+        result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks)
+        t0 = time.perf_counter()
+        images = self.decode(result.tokens).float().cpu()
+        synchronize(self.device)
+        used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,
+                "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": seed, "device": str(self.device)}
+        return ImageBatch(images, result.tokens.cpu(), ids, result.stats, time.perf_counter() - t0, used)
+
+
+def _load_demo(folder: Path, dtype: torch.dtype, device: str) -> ClassConditionalPipeline:
+    config = json.loads((folder / "config.json").read_text())
+    model = load_llamagen(folder / "model.safetensors", dtype=dtype, device=device)
+    palette = DigitsPalette(config["grid"], config["levels"])
+    defaults = SamplingDefaults(**config["defaults"])
+    return ClassConditionalPipeline(folder.name, config["family"], model, palette, tuple(config["class_names"]), defaults)
+
+
+def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, grid: int | None = None,
+                  dtype: str | torch.dtype = "fp32", device: str | torch.device | None = None,
+                  heads: int | None = None) -> ClassConditionalPipeline:
+    """Load a built-in name (``demo-digits``), a demo-format folder, or a LlamaGen GPT file + VQ file.
+    ``grid`` / ``heads`` are needed only for files whose name or width does not tell them."""
+    dtype, device = parse_dtype(dtype), str(device or default_device())
+    path = BUILTIN_MODELS.get(str(model), Path(model))
+    if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        config = json.loads((path / "config.json").read_text())
+        if config.get("family") == DEMO_NAME:
+            return _load_demo(path, dtype, device)
+    if path.is_dir():
+        raise ValueError(f"{str(model)!r} is a folder without a supported model (expected {DEMO_NAME!r} or a "
+                         "LlamaGen c2i_*.pt / .safetensors file).")
+    if not path.is_file():
+        choices = ", ".join(BUILTIN_MODELS)
+        raise ValueError(f"Model {str(model)!r} not found: give a checkpoint path or a built-in name ({choices}).")
+    gpt = load_llamagen(path, grid=grid, dtype=dtype, device=device, heads=heads)
+    if vq is None:
+        raise ValueError(f"{path.name} is a LlamaGen GPT: also give its VQ tokenizer (vq_ds16_c2i.pt) to decode images.")
+    from .decoders.vq16 import load_vq16
+
+    decoder = load_vq16(vq, dtype=torch.float32, device=device)
+    if decoder.codebook_size != gpt.spec.vocab:
+        raise ValueError(f"{Path(vq).name} has {decoder.codebook_size} codes but {path.name} predicts "
+                         f"{gpt.spec.vocab}: they are not a matching GPT/VQ pair.")
+    names = imagenet_classes() if gpt.num_classes == 1000 else tuple(str(i) for i in range(gpt.num_classes))
+    spec = gpt.spec
+    return ClassConditionalPipeline(path.stem, "llamagen", gpt, partial(decoder, grid_h=spec.grid, grid_w=spec.grid),
+                                    names, LLAMAGEN_DEFAULTS)
+
