@@ -119,6 +119,7 @@ def test_llamagen_logits_equal_masked_full_forward(tmp_path, policy, chunk):
     finally:
         session.close()
     expected = reference_logits(model, conditioning, guidance, session.layout, tokens, history)
-    assert (got - expected).abs().max().item() <= 1e-5
+    # these weights give logits up to ~10, so the fp32 bound is relative to their scale
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected)
 

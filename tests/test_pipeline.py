@@ -104,7 +104,7 @@ def test_imagenet_labels():
 
 
 def test_demo_model_draws_the_requested_digits():
-    """Nearest-class-mean classification (means of real digits) of generated samples beats chance."""
+    """Nearest-class-mean classification (means of real digits) of samples drawn under LineAR beats chance."""
     sklearn = pytest.importorskip("sklearn.datasets")
     pipeline = load_pipeline("demo-digits", device=DEVICE)
     grid = pipeline.layout.grid_h
@@ -112,14 +112,15 @@ def test_demo_model_draws_the_requested_digits():
     digits = sklearn.load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).flatten(1) / 16
     means = torch.stack([images[torch.tensor(digits.target) == c].mean(0) for c in range(10)])
-    labels = [c for c in range(10) for _ in range(2)]
+    labels = [c for c in range(10) for _ in range(4)]
     batch = pipeline.generate(labels, CacheSettings(policy="linear", budget="1/4"), seed=0)
-    assert batch.images.shape == (20, 3, 8 * grid, 8 * grid)
+    assert batch.images.shape == (40, 3, 8 * grid, 8 * grid)
     from linear_core.demo import DigitsPalette, nearest_mean_accuracy
 
     palette = DigitsPalette(grid, pipeline.decode.levels)
     accuracy = nearest_mean_accuracy(palette.to_digits8(batch.tokens), torch.tensor(labels), means)
-    assert accuracy >= 0.5, accuracy  # chance is 0.1
+    # chance is 0.1; the model card measured 0.56 on 100 samples (P(< 0.3 on 40) ≈ 3e-4 at that rate)
+    assert accuracy >= 0.3, accuracy
 
 
 def test_demo_is_the_cli_default(tmp_path):
