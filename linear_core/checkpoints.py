@@ -34,21 +34,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ValueError(f"{path.name}: unsupported weight file type {path.suffix!r}; "
                          f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
-        data = _load_unmapped(path)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
                          "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
     return unwrap_state_dict(data, path.name), {}
-
-
-def _load_unmapped(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
-                         "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
 
 
 def unwrap_state_dict(data, name: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -17,7 +17,8 @@ import torch
 
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
-from .engine import Callbacks, GenerationStats, generate, synchronize
+from .decoders.vq16 import load_vq16
+from .engine import Callbacks, GenerationStats, generate
 from .families.llamagen import LlamaGenModel, load_llamagen
 from .labels import imagenet_classes, resolve_label
 from .layout import LineLayout
@@ -104,15 +105,13 @@ class ClassConditionalPipeline:
         conditioning = self.model.conditioning(torch.tensor(ids, device=self.device), guidance)
         result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks)
         t0 = time.perf_counter()
-        images = self.decode(result.tokens).float().cpu()
-        synchronize(self.device)
+        images = self.decode(result.tokens).float().cpu()  # the copy to the CPU waits for the device
         used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,
                 "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": seed, "device": str(self.device)}
         return ImageBatch(images, result.tokens.cpu(), ids, result.stats, time.perf_counter() - t0, used)
 
 
-def _load_demo(folder: Path, dtype: torch.dtype, device: str) -> ClassConditionalPipeline:
-    config = json.loads((folder / "config.json").read_text())
+def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> ClassConditionalPipeline:
     model = load_llamagen(folder / "model.safetensors", dtype=dtype, device=device)
     palette = DigitsPalette(config["grid"], config["levels"])
     defaults = SamplingDefaults(**config["defaults"])
@@ -129,7 +128,7 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
     if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         config = json.loads((path / "config.json").read_text())
         if config.get("family") == DEMO_NAME:
-            return _load_demo(path, dtype, device)
+            return _load_demo(path, config, dtype, device)
     if path.is_dir():
         raise ValueError(f"{str(model)!r} is a folder without a supported model (expected {DEMO_NAME!r} or a "
                          "LlamaGen c2i_*.pt / .safetensors file).")
@@ -139,8 +138,6 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
     gpt = load_llamagen(path, grid=grid, dtype=dtype, device=device, heads=heads)
     if vq is None:
         raise ValueError(f"{path.name} is a LlamaGen GPT: also give its VQ tokenizer (vq_ds16_c2i.pt) to decode images.")
-    from .decoders.vq16 import load_vq16
-
     decoder = load_vq16(vq, dtype=torch.float32, device=device)
     if decoder.codebook_size != gpt.spec.vocab:
         raise ValueError(f"{Path(vq).name} has {decoder.codebook_size} codes but {path.name} predicts "
