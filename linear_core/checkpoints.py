@@ -68,3 +68,16 @@ def describe_state_dict(state: dict) -> str:
     if any(k.startswith(("model.layers.", "lm_head.")) for k in keys):
         return "a Hugging Face causal LM (Chameleon / Lumina-mGPT or Llama)"
     return f"an unknown model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
+
+
+def describe_folder_config(config: dict) -> str:
+    """Which family a model folder's ``config.json`` belongs to, for listings and error messages."""
+    kind = str(config.get("family") or config.get("model_type") or "").lower()
+    architectures = " ".join(config.get("architectures") or []).lower()
+    if kind == "janus" or "janus" in architectures:
+        return "Janus-Pro (transformers format)"
+    if kind == "multi_modality" or "multimodality" in architectures:
+        return "Janus-Pro (DeepSeek release)"
+    if kind == "chameleon" or "chameleon" in architectures:
+        return "Lumina-mGPT (Chameleon)"
+    return kind or "an unknown model (no model_type in config.json)"

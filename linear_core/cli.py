@@ -13,7 +13,7 @@ from .demo import DEMO_NAME
 from .devices import DTYPES
 from .fidelity import fidelity_report, format_fidelity
 from .images import save_png
-from .pipeline import load_pipeline
+from .pipeline import describe_summary, load_pipeline
 from .policies import POLICIES
 from .settings import CacheSettings
 
@@ -133,13 +133,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _format_generate(report: dict) -> str:
-    mib = 2 ** 20
-    return "\n".join([
-        f"wrote {report['image']} ({report['batch']} image{'s' if report['batch'] > 1 else ''}, labels {report['labels']})",
-        f"model {report['model']} on {report['device']}, policy {report['policy']}: {report['budget_tokens']} of "
-        f"{report['image_tokens']} image tokens cached",
-        f"KV cache {report['peak_kv_bytes'] / mib:.2f} MiB vs {report['full_kv_bytes'] / mib:.2f} MiB full "
-        f"({report['kv_saving'] * 100:.1f}% saved)",
-        f"{report['tokens_per_s']:.1f} tokens/s, {report['seconds']:.2f} s "
-        f"(decode {report['decode_s']:.2f} s, compression {report['compression_s']:.2f} s, image {report['image_decode_s']:.2f} s)",
-    ])
+    count = f"{report['batch']} image{'s' if report['batch'] > 1 else ''}"
+    return f"wrote {report['image']} ({count}, labels {report['labels']})\n" + describe_summary(report)

@@ -21,12 +21,12 @@ class DigitsPalette:
         self.grid, self.levels, self.scale = grid, levels, scale
 
     def grey(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(batch, grid²)`` → ``(batch, 1, grid, grid)`` in [0, 1]."""
-        return (tokens.float() / (self.levels - 1)).clamp(0, 1).view(-1, 1, self.grid, self.grid)
+        """``(batch, rows·grid)`` → ``(batch, 1, rows, grid)`` in [0, 1] (``rows`` < grid for a partial image)."""
+        return (tokens.float() / (self.levels - 1)).clamp(0, 1).view(tokens.shape[0], 1, -1, self.grid)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(batch, grid²)`` → RGB ``(batch, 3, grid·scale, grid·scale)`` in [0, 1] (nearest upscaling,
-        so every token stays one visible square)."""
+        """``(batch, rows·grid)`` → RGB ``(batch, 3, rows·scale, grid·scale)`` in [0, 1] (nearest
+        upscaling, so every token stays one visible square)."""
         grey = self.grey(tokens)
         if self.scale > 1:
             grey = F.interpolate(grey, scale_factor=self.scale, mode="nearest")

@@ -18,6 +18,7 @@ from .cache import LineARCache
 from .compressor import Compressor, Stream
 from .guidance import Guidance
 from .layout import LineLayout
+from .policies import EvictionPolicy
 from .sampling import SamplingConfig, make_generator, sample
 from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
 from .settings import CacheSettings
@@ -35,6 +36,36 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def build_stream(geometry: CacheGeometry, policy: EvictionPolicy, layout: LineLayout, rows: int, compresses: bool,
+                 device: torch.device | str | None = None) -> Stream:
+    """The preallocated cache (and query buffer, for policies that score with queries) of ``rows`` rows."""
+    g, device = geometry, device or geometry.device
+    if not compresses:
+        layout = layout.with_budget(1.0)
+    cache = LineARCache(layout, rows, g.num_layers, g.kv_heads, g.head_dim, g.dtype, device,
+                        slot_scores=compresses and policy.accumulates)
+    queries = None
+    if compresses and policy.query_window:
+        queries = LineQueryBuffer(g.num_layers, rows, g.q_heads, g.head_dim, layout.line_tokens,
+                                  policy.query_window, g.dtype, device)
+    return Stream(cache, queries)
+
+
+def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings: CacheSettings, rows: int) -> int:
+    """Device bytes the cache of ``rows`` batched rows will hold (keys, values, slot bookkeeping and
+    query buffer), computed by building it on the meta device: what a host such as ComfyUI must free
+    before the run."""
+    layout = layout.with_budget(settings.budget)
+    policy = settings.make_policy()
+    stream = build_stream(CacheGeometry.of(adapter.backbone), policy, layout, rows,
+                          policy.evicts and layout.compresses, device="meta")
+    layers = stream.cache.layers
+    bookkeeping = sum(t.numel() * t.element_size() for layer in layers
+                      for t in (layer.image_index, layer.slot_scores) if t is not None)
+    queries = stream.queries.allocated_bytes if stream.queries is not None else 0
+    return stream.cache.allocated_bytes + bookkeeping + queries
+
+
 class DecodeSession:
     """The caches of one request (``batch`` images) and the forwards that fill them."""
 
@@ -42,7 +73,7 @@ class DecodeSession:
                  settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"), seed: int = 0) -> None:
         self.adapter, self.guidance, self.settings = adapter, guidance, settings
         self.layout = layout.with_budget(settings.budget)
-        self.geometry = geometry = CacheGeometry.of(adapter.backbone)
+        self.geometry = CacheGeometry.of(adapter.backbone)
         rows, prefix_len = conditioning.prefix.shape[:2]
         self.layout.check_sequence(prefix_len)
         self.batch = rows // guidance.batched_rows
@@ -69,16 +100,7 @@ class DecodeSession:
         self.compressions = 0
 
     def _stream(self, layout: LineLayout, rows: int, compresses: bool) -> Stream:
-        g = self.geometry
-        if not compresses:
-            layout = layout.with_budget(1.0)
-        cache = LineARCache(layout, rows, g.num_layers, g.kv_heads, g.head_dim, g.dtype, g.device,
-                            slot_scores=compresses and self.policy.accumulates)
-        queries = None
-        if compresses and self.policy.query_window:
-            queries = LineQueryBuffer(g.num_layers, rows, g.q_heads, g.head_dim, layout.line_tokens,
-                                      self.policy.query_window, g.dtype, g.device)
-        return Stream(cache, queries)
+        return build_stream(self.geometry, self.policy, layout, rows, compresses)
 
     # -- forwards --------------------------------------------------------------------------
     def _forward(self, stream: Stream, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:

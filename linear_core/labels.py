@@ -42,3 +42,24 @@ def resolve_label(value: str | int, names: Sequence[str]) -> int:
 def dropdown_entries(names: Sequence[str]) -> list[str]:
     """``["0: tench", "1: goldfish", …]``: ids stay visible and names stay searchable."""
     return [f"{i}: {name}" for i, name in enumerate(names)]
+
+
+#: dropdown entries for the built-in digits model; ImageNet entries follow them in `class_choices`
+DIGIT_CHOICES = tuple(f"digit {d}" for d in range(10))
+
+
+def class_choices() -> list[str]:
+    """One dropdown for every class-conditional model: the ten digits, then the ImageNet classes."""
+    return [*DIGIT_CHOICES, *dropdown_entries(imagenet_classes())]
+
+
+def label_from_choice(choice: str, names: Sequence[str], model: str) -> int:
+    """The class id a dropdown entry means for a model with class ``names``; a clear error when the
+    entry belongs to the other kind of model (a digit for an ImageNet model, or the reverse)."""
+    if choice in DIGIT_CHOICES:
+        if len(names) != 10:
+            raise ValueError(f"{model} draws ImageNet classes: pick a class such as '207: golden retriever', not {choice!r}.")
+        return int(choice.split()[1])
+    if len(names) == 10:
+        raise ValueError(f"{model} draws digits: pick one of 'digit 0' … 'digit 9', not {choice!r}.")
+    return resolve_label(choice, names)

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
+from .checkpoints import describe_folder_config
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
 from .decoders.vq16 import load_vq16
-from .engine import Callbacks, GenerationStats, generate
+from .engine import Callbacks, GenerationStats, generate, planned_cache_bytes
 from .families.llamagen import LlamaGenModel, load_llamagen
 from .labels import imagenet_classes, resolve_label
 from .layout import LineLayout
@@ -55,11 +57,16 @@ class ImageBatch:
     stats: GenerationStats
     decode_s: float
     settings: dict = field(default_factory=dict)
+    layout: LineLayout | None = None  # the run's geometry, budget included (for cache maps)
 
     @property
     def seconds(self) -> float:
         """Prefill + decode + image decoding."""
         return self.stats.total_s + self.decode_s
+
+    def describe(self) -> str:
+        """The run in three lines, for a terminal or a ComfyUI text display."""
+        return describe_summary(self.summary())
 
     def summary(self) -> dict:
         stats = self.stats
@@ -73,14 +80,36 @@ class ImageBatch:
         }
 
 
+def describe_summary(summary: dict) -> str:
+    mib = 2 ** 20
+    return "\n".join([
+        f"{summary['model']} on {summary['device']}, policy {summary['policy']}: {summary['budget_tokens']} of "
+        f"{summary['image_tokens']} image tokens cached",
+        f"KV cache {summary['peak_kv_bytes'] / mib:.2f} MiB vs {summary['full_kv_bytes'] / mib:.2f} MiB full "
+        f"({summary['kv_saving'] * 100:.1f}% saved)",
+        f"{summary['tokens_per_s']:.1f} tokens/s, {summary['seconds']:.2f} s (decode {summary['decode_s']:.2f} s, "
+        f"compression {summary['compression_s']:.2f} s, image {summary['image_decode_s']:.2f} s)",
+    ])
+
+
+#: bytes of fp32 logits work per batched row and vocabulary entry (logits, CFG mix, top-k sort, softmax)
+_LOGIT_WORK = 4 * 4
+
+
 @dataclass
 class ClassConditionalPipeline:
     name: str
     family: str  # "demo-digits" | "llamagen"
     model: LlamaGenModel
-    decode: Callable[[torch.Tensor], torch.Tensor]  # (batch, N) tokens → (batch, 3, H, W) in [0, 1]
+    #: ``(batch, lines·W)`` tokens of the first ``lines`` lines → ``(batch, 3, lines·f, W·f)`` in [0, 1]
+    decode: Callable[[torch.Tensor], torch.Tensor]
     class_names: tuple[str, ...]
     defaults: SamplingDefaults
+    decoder: nn.Module | None = None  # the weights behind ``decode``, if it has any
+
+    def weights(self) -> nn.ModuleDict:
+        """Every weight of the pipeline in one module, for hosts that move models between devices."""
+        return nn.ModuleDict({"gpt": self.model, **({"decoder": self.decoder} if self.decoder is not None else {})})
 
     @property
     def layout(self) -> LineLayout:
@@ -92,6 +121,26 @@ class ClassConditionalPipeline:
 
     def label(self, value: str | int) -> int:
         return resolve_label(value, self.class_names)
+
+    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One image at a time, so a large batch never holds every decoder activation at once."""
+        return torch.cat([self.decode(row[None]).float().cpu() for row in tokens])
+
+    def preview(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The first image's finished lines decoded, the rest grey: ``(3, H, W)`` in [0, 1]."""
+        width = self.layout.grid_w
+        lines = tokens.shape[1] // width
+        top = self.decode(tokens[:1, :lines * width]).float().cpu()[0]
+        scale = top.shape[-1] // width
+        image = torch.full((3, self.layout.grid_h * scale, top.shape[-1]), 0.5)
+        image[:, :top.shape[1]] = top
+        return image
+
+    def memory_required(self, batch: int, settings: CacheSettings = CacheSettings(), cfg: float | None = None) -> int:
+        """Device bytes a request needs besides the weights: its cache (exact) plus the per-step
+        logits work (estimate); what a host must free before the run."""
+        rows = batch * self.model.guidance(self.defaults.cfg if cfg is None else cfg).batched_rows
+        return planned_cache_bytes(self.model, self.layout, settings, rows) + rows * self.model.spec.vocab * _LOGIT_WORK
 
     def generate(self, labels: Sequence[str | int], settings: CacheSettings = CacheSettings(), cfg: float | None = None,
                  sampling: SamplingConfig | None = None, seed: int = 0, callbacks: Callbacks = Callbacks()) -> ImageBatch:
@@ -105,10 +154,11 @@ class ClassConditionalPipeline:
         conditioning = self.model.conditioning(torch.tensor(ids, device=self.device), guidance)
         result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks)
         t0 = time.perf_counter()
-        images = self.decode(result.tokens).float().cpu()  # the copy to the CPU waits for the device
+        images = self.decode_images(result.tokens)  # the copy to the CPU waits for the device
         used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,
                 "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": seed, "device": str(self.device)}
-        return ImageBatch(images, result.tokens.cpu(), ids, result.stats, time.perf_counter() - t0, used)
+        return ImageBatch(images, result.tokens.cpu(), ids, result.stats, time.perf_counter() - t0, used,
+                          self.layout.with_budget(settings.budget))
 
 
 def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> ClassConditionalPipeline:
@@ -125,13 +175,13 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
     ``grid`` / ``heads`` are needed only for files whose name or width does not tell them."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
-    if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        config = json.loads((path / "config.json").read_text())
-        if config.get("family") == DEMO_NAME:
-            return _load_demo(path, config, dtype, device)
     if path.is_dir():
-        raise ValueError(f"{str(model)!r} is a folder without a supported model (expected {DEMO_NAME!r} or a "
-                         "LlamaGen c2i_*.pt / .safetensors file).")
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        if config.get("family") == DEMO_NAME and (path / "model.safetensors").is_file():
+            return _load_demo(path, config, dtype, device)
+        found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
+        raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r} and LlamaGen c2i_*.pt / "
+                         ".safetensors files (Janus-Pro and Lumina-mGPT folders are not supported yet).")
     if not path.is_file():
         choices = ", ".join(BUILTIN_MODELS)
         raise ValueError(f"Model {str(model)!r} not found: give a checkpoint path or a built-in name ({choices}).")
@@ -144,6 +194,10 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
                          f"{gpt.spec.vocab}: they are not a matching GPT/VQ pair.")
     names = imagenet_classes() if gpt.num_classes == 1000 else tuple(str(i) for i in range(gpt.num_classes))
     spec = gpt.spec
-    return ClassConditionalPipeline(path.stem, "llamagen", gpt, partial(decoder, grid_h=spec.grid, grid_w=spec.grid),
-                                    names, LLAMAGEN_DEFAULTS)
+    return ClassConditionalPipeline(path.stem, "llamagen", gpt, partial(_decode_lines, decoder, spec.grid),
+                                    names, LLAMAGEN_DEFAULTS, decoder)
+
+
+def _decode_lines(decoder: Callable, grid_w: int, tokens: torch.Tensor) -> torch.Tensor:
+    return decoder(tokens, tokens.shape[1] // grid_w, grid_w)
 

@@ -1,16 +1,27 @@
-"""ComfyUI node definitions (thin wrappers over `linear_core`).
+"""ComfyUI node definitions: thin wrappers that translate between ComfyUI and `linear_core`.
 
-The nodes land with the node-pack issue; until then the pack registers an extension with no
-nodes, so ComfyUI loads it cleanly.
+Imported only inside ComfyUI (the pack's root ``__init__`` guards it), so ComfyUI modules are
+imported at the top of each node module.
 """
 from __future__ import annotations
 
+from comfy_api.latest import ComfyExtension, io
 
-async def comfy_entrypoint():
-    from comfy_api.latest import ComfyExtension
+from .cache_map import LineARCacheMap
+from .cache_settings import LineARCacheSettings
+from .loader import LineARModelLoader
+from .model_files import register_folder
+from .sampler import LineARClassSampler
 
-    class LineARExtension(ComfyExtension):
-        async def get_node_list(self):
-            return []
+NODES: list[type[io.ComfyNode]] = [LineARModelLoader, LineARCacheSettings, LineARClassSampler, LineARCacheMap]
 
+register_folder()
+
+
+class LineARExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> LineARExtension:
     return LineARExtension()

@@ -43,3 +43,9 @@ def model(tmp_path):
 @pytest.fixture
 def gqa_model(tmp_path):
     return tiny_model(tmp_path, kv_heads=2)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ComfyUI tier last: it imports ComfyUI into this process (which edits `sys.path` and global
+    torch settings), so the engine tests run before it, in a process ComfyUI has not touched."""
+    items.sort(key=lambda item: "tests/comfyui/" in item.nodeid)

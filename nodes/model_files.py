@@ -1,0 +1,135 @@
+"""The ``models/linear_ar`` folder: registration with ComfyUI, what the loader lists, and loading a
+pipeline under ComfyUI's memory management."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management as mm
+import folder_paths
+import torch
+from comfy.model_patcher import ModelPatcher
+
+from ..linear_core.demo import DEMO_NAME
+from ..linear_core.devices import DTYPES
+from ..linear_core.pipeline import ClassConditionalPipeline, load_pipeline
+from ..linear_core.settings import CacheSettings
+
+FOLDER = "linear_ar"
+AUTO = "auto"
+DTYPE_CHOICES = [AUTO, "fp32", "bf16", "fp16"]
+DEVICE_CHOICES = [AUTO, "cpu"]
+RESOLUTION_CHOICES = [AUTO, "256", "384", "512"]
+
+
+def register_folder() -> None:
+    """Add ``models/linear_ar`` for weight files, keeping paths ``extra_model_paths.yaml`` added; the
+    folder is created so users see where models go."""
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    with contextlib.suppress(OSError):  # a read-only models folder must not stop the pack from loading
+        os.makedirs(default, exist_ok=True)
+    folder_paths.folder_names_and_paths[FOLDER] = ([default, *[p for p in paths if p != default]],
+                                                   set(folder_paths.supported_pt_extensions))
+
+
+def _model_dirs() -> list[tuple[Path, str]]:
+    """Sub-folders holding a ``config.json`` (transformers-style models), as (folder, listed name)."""
+    found = []
+    for root in folder_paths.get_folder_paths(FOLDER):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if "config.json" in filenames and Path(dirpath) != Path(root):
+                found.append((Path(dirpath), Path(dirpath).relative_to(root).as_posix() + "/"))
+                dirnames.clear()  # a model folder's own sub-folders are not models
+    return found
+
+
+def _weight_files() -> list[str]:
+    """Weight files outside model folders, relative to the folder root."""
+    inside = tuple(name for _, name in _model_dirs())
+    return [f for f in folder_paths.get_filename_list(FOLDER) if not f.replace(os.sep, "/").startswith(inside)]
+
+
+def _is_tokenizer(name: str) -> bool:
+    return Path(name).name.lower().startswith("vq")
+
+
+def model_choices() -> list[str]:
+    """The built-in demo first, then model folders and GPT weight files."""
+    return [DEMO_NAME, *sorted(name for _, name in _model_dirs()),
+            *sorted(f for f in _weight_files() if not _is_tokenizer(f))]
+
+
+def tokenizer_choices() -> list[str]:
+    return [AUTO, *sorted(f for f in _weight_files() if _is_tokenizer(f))]
+
+
+def resolve_model(choice: str) -> str | Path:
+    if choice == DEMO_NAME:
+        return DEMO_NAME
+    for folder, name in _model_dirs():
+        if name == choice:
+            return folder
+    path = folder_paths.get_full_path(FOLDER, choice)
+    if path is None:
+        roots = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        raise ValueError(f"Model {choice!r} is not in the {FOLDER} folder ({roots}); put the file there and "
+                         "press Refresh (R), or pick another model.")
+    return Path(path)
+
+
+def resolve_tokenizer(choice: str, model: str | Path) -> Path | None:
+    """The VQ file: the chosen one, or with ``auto`` the only ``vq*`` file beside the GPT file (or in
+    the folder root)."""
+    if choice != AUTO:
+        path = folder_paths.get_full_path(FOLDER, choice)
+        if path is None:
+            raise ValueError(f"VQ tokenizer {choice!r} is not in the {FOLDER} folder; put it there and press "
+                             "Refresh (R), or choose 'auto'.")
+        return Path(path)
+    if not isinstance(model, Path) or model.is_dir():
+        return None
+    candidates = sorted(p for p in model.parent.iterdir() if p.is_file() and _is_tokenizer(p.name))
+    if not candidates:
+        candidates = [Path(folder_paths.get_full_path(FOLDER, f)) for f in tokenizer_choices()[1:]]
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise ValueError(f"{model.name} needs its VQ tokenizer (vq_ds16_c2i.pt) to decode images; found {found}. "
+                         f"Put it beside the GPT file or choose it in 'vq_tokenizer'.")
+    return candidates[0]
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice != AUTO:
+        return DTYPES[choice]
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if mm.should_use_fp16(device) else torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """What flows along a LineAR model wire: the pipeline and the patcher ComfyUI moves it with."""
+
+    pipeline: ClassConditionalPipeline
+    patcher: ModelPatcher
+    choice: str
+
+    def load_for(self, batch: int, settings: CacheSettings, cfg: float) -> None:
+        """Put the weights on the compute device, making room for the run's cache first."""
+        mm.load_models_gpu([self.patcher], memory_required=self.pipeline.memory_required(batch, settings, cfg),
+                           force_full_load=True)
+
+
+def load_model(choice: str, tokenizer: str = AUTO, resolution: str = AUTO, dtype: str = AUTO,
+               device: str = AUTO) -> LoadedModel:
+    load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
+    offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
+    model = resolve_model(choice)
+    grid = None if resolution == AUTO else int(resolution) // 16
+    pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), grid, pick_dtype(dtype, load_device),
+                             offload_device)
+    patcher = ModelPatcher(pipeline.weights(), load_device=load_device, offload_device=offload_device)
+    return LoadedModel(pipeline, patcher, choice)

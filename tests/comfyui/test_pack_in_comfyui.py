@@ -1,0 +1,158 @@
+"""The pack in a real ComfyUI server and the real frontend: node definitions, every example workflow
+(loaded and converted by the frontend, then run), cancel, bad input, and the web extension."""
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_harness import PACK_FOLDER, REPO_ROOT, PromptRejected, sampler_prompt
+from llamagen_files import tiny_vq_state, upstream_state
+
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_CacheMap"]
+#: what each workflow must produce: SaveImage pictures (count, side in px) and stats texts
+EXPECTED = {
+    "linear_ar_demo_digits.json": {"images": (4, 128), "stats": 1},
+    "linear_ar_llamagen_c2i.json": {"images": (4, 48), "stats": 1},
+    "linear_ar_compare_policies.json": {"images": (12, 128), "stats": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    """The shared server with LlamaGen files under the names the LlamaGen workflow uses: an
+    XL-width (1280, 20 heads), one-layer GPT at 384 px (24×24 tokens) and a tiny VQ decoder."""
+    folder = comfy_server.linear_ar_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    gpt = folder / "c2i_XL_384.pt"
+    if not gpt.exists():
+        torch.save({"model": upstream_state(dim=1280, heads=20, layers=1, classes=1000)}, gpt)
+        torch.save({"model": tiny_vq_state()}, folder / "vq_ds16_c2i.pt")
+    return comfy_server
+
+
+def ended_with(entry: dict, message: str) -> dict | None:
+    return next((data for kind, data in entry["status"]["messages"] if kind == message), None)
+
+
+def test_object_info_lists_every_node_and_the_models_folder(server):
+    info = server.object_info()
+    for node_id in NODE_IDS:
+        assert info[node_id]["display_name"].startswith("LineAR") and info[node_id]["category"] == "LineAR"
+    loader = info["LineAR_ModelLoader"]["input"]["required"]
+    assert {"demo-digits", "c2i_XL_384.pt"} <= set(loader["model"][1]["options"])
+    assert loader["vq_tokenizer"][1]["options"] == ["auto", "vq_ds16_c2i.pt"]
+    sampler = info["LineAR_ClassSampler"]["input"]
+    assert sampler["required"]["seed"][1]["control_after_generate"] is True
+    assert "tooltip" in sampler["optional"]["cache"][1]
+    assert server.import_failures() == []
+    templates = server.get_json("/workflow_templates")
+    assert sorted(templates[PACK_FOLDER]) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_loads_converts_and_runs(server, browser, path):
+    workflow = json.loads(path.read_text())
+    assert any(node["type"] == "Note" for node in workflow["nodes"]), "every example explains itself in a note"
+    browser.load_workflow(workflow)
+    prompt = browser.graph_to_prompt()
+    used = {node["type"] for node in workflow["nodes"] if node["type"] != "Note"}
+    assert {node["class_type"] for node in prompt.values()} == used
+    assert browser.unexpected_console_errors() == [] and browser.page_errors == []
+
+    entry = server.run(prompt, timeout=600, workflow=workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    expected = EXPECTED[path.name]
+    saved = [img for node_id, node in prompt.items() if node["class_type"] == "SaveImage"
+             for img in server.output_images(entry, node_id)]
+    count, side = expected["images"]
+    assert len(saved) == count
+    for record in saved:
+        image = Image.open(io.BytesIO(server.view(**record)))
+        assert image.size == (side, side) and "workflow" in image.info  # the graph travels in the PNG
+    stats = [entry["outputs"][node_id]["text"][0] for node_id, node in prompt.items()
+             if node["class_type"] == "PreviewAny"]
+    assert len(stats) == expected["stats"] and all("KV cache" in text and "% saved" in text for text in stats)
+    if path.name == "linear_ar_compare_policies.json":
+        by_policy = {text.split("policy ")[1].split(":")[0]: text for text in stats}
+        assert "(0.0% saved)" in by_policy["full"]
+        assert "64 of 256 image tokens" in by_policy["linear"] and "64 of 256" in by_policy["streaming"]
+
+
+def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, screenshot_dir):
+    browser.record_events("linear_ar.progress", "linear_ar.stats")
+    browser.load_workflow(json.loads((REPO_ROOT / "workflows" / "linear_ar_demo_digits.json").read_text()))
+    started = time.perf_counter()
+    entry = server.wait(browser.queue(), timeout=600)
+    seconds = time.perf_counter() - started
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    lines = [event["detail"]["line"] for event in browser.events("linear_ar.progress")]
+    assert lines == list(range(1, 17))
+    (stats,) = [event["detail"] for event in browser.events("linear_ar.stats")]
+    shown = browser.evaluate("""() => {
+        const node = window.app.graph._nodes.find(n => n.comfyClass === "LineAR_ClassSampler");
+        return {stats: node.linearStats ?? null, progress: node.linearProgress ?? null};
+    }""")
+    assert shown["progress"] is None and shown["stats"]["kv_saving"] == stats["kv_saving"] > 0.5
+    browser.evaluate("() => window.app.canvas.setDirty(true, true)")
+    browser.page.wait_for_timeout(500)
+    shot = browser.screenshot(screenshot_dir / "demo_workflow.png")
+    assert shot.stat().st_size > 20_000
+    assert browser.unexpected_console_errors() == [] and browser.page_errors == []
+    print(f"\ndemo workflow in ComfyUI (CPU): {seconds:.1f} s, KV saving {stats['kv_saving']:.1%}, "
+          f"{stats['peak_kv_bytes']} of {stats['full_kv_bytes']} bytes")
+
+
+def test_interrupt_during_sampling_then_the_next_prompt_runs(server):
+    server.ws.clear()
+    prompt_id = server.queue(sampler_prompt(batch=4, seed=11))
+    server.ws.wait_for(lambda m: m.type == "linear_ar.progress" and m.data["line"] >= 2, timeout=120)
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=120)
+    assert ended_with(entry, "execution_interrupted") is not None, entry["status"]
+    assert max(m["line"] for m in server.ws.of_type("linear_ar.progress")) < 16
+    assert server.ws.of_type("linear_ar.stats") == []
+    entry = server.run(sampler_prompt(seed=12))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+def test_progress_and_previews_reach_the_client(server):
+    server.ws.clear()
+    entry = server.run(sampler_prompt(seed=21))
+    assert entry["status"]["status_str"] == "success"
+    progress = [m for m in server.ws.of_type("progress") if m.get("node") == "3"]
+    assert progress[-1]["value"] == progress[-1]["max"] == 256
+    assert server.ws.preview_count >= 8  # a partial image every two of the 16 lines
+
+
+def test_bad_inputs_give_clear_node_errors_and_the_server_keeps_serving(server):
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(sampler_prompt(model="c2i_missing_384.pt"))
+    message = json.dumps(rejected.value.body["node_errors"]["1"])
+    assert "c2i_missing_384.pt" in message and "is not in the linear_ar folder" in message
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(sampler_prompt(budget="a sixth"))
+    assert "Cannot read budget 'a sixth'" in json.dumps(rejected.value.body["node_errors"]["2"])
+
+    entry = server.run(sampler_prompt(budget="2 lines", anchors=8))
+    error = ended_with(entry, "execution_error")
+    assert error["node_id"] == "3" and "raise the budget or lower the anchors" in error["exception_message"]
+    entry = server.run(sampler_prompt(label="207: golden retriever"))
+    assert "draws digits" in ended_with(entry, "execution_error")["exception_message"]
+    assert server.alive() and server.get_json("/system_stats")["system"]["comfyui_version"]
+    assert server.run(sampler_prompt(seed=4))["status"]["status_str"] == "success"
+
+
+def test_model_folder_of_an_unsupported_family_is_named(server):
+    folder = server.linear_ar_dir / "Janus-Pro-1B"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))
+    options = server.object_info()["LineAR_ModelLoader"]["input"]["required"]["model"][1]["options"]
+    assert "Janus-Pro-1B/" in options
+    entry = server.run(sampler_prompt(model="Janus-Pro-1B/"))
+    assert "Janus-Pro (DeepSeek release)" in ended_with(entry, "execution_error")["exception_message"]
