@@ -23,6 +23,9 @@ class ImageModelAdapter(Protocol):
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(rows, q, hidden)`` last hidden states → ``(rows, q, vocab)`` next-token logits."""
 
+    # Optional: ``max_positions`` (int), the longest sequence a fixed position table covers; the
+    # engine then refuses longer layouts up front instead of indexing out of range on the device.
+
 
 @dataclass(frozen=True)
 class CacheGeometry:
@@ -40,6 +43,11 @@ class CacheGeometry:
         config = backbone.config
         q_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // q_heads
+        devices = {p.device for p in backbone.parameters()}
+        if len(devices) > 1:
+            found = ", ".join(sorted(str(d) for d in devices))
+            raise ValueError(f"The decoder layers are spread over {found}; the LineAR cache needs them on one device "
+                             "(load the model on a single GPU, or on the CPU).")
         param = next(backbone.parameters())
         return cls(
             num_layers=config.num_hidden_layers,

@@ -13,9 +13,11 @@ from .demo import DEMO_NAME
 from .devices import DTYPES
 from .fidelity import fidelity_report, format_fidelity
 from .images import save_png
+from .janus_bench import bench_vs_transformers, format_vs_transformers
 from .pipeline import describe_summary, load_pipeline
 from .policies import POLICIES
 from .settings import CacheSettings
+from .text_pipeline import TextToImagePipeline
 
 
 def _policies(text: str) -> tuple[str, ...]:
@@ -40,7 +42,7 @@ def _settings(args: argparse.Namespace, policy: str = "full", budget: str = "ful
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}) or a LlamaGen c2i_*.pt / .safetensors")
+    parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}), a LlamaGen c2i_*.pt / .safetensors, or a Janus-Pro folder")
     parser.add_argument("--vq", default=None, help="VQ tokenizer of a LlamaGen model (vq_ds16_c2i.pt)")
     parser.add_argument("--grid", type=int, default=None, help="token grid when the file name has no _256/_384/_512")
     parser.add_argument("--heads", type=int, default=None, help="attention heads, for non-standard LlamaGen widths")
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(gen)
     gen.add_argument("--label", action="append", default=None,
                      help="class id or name ('207', 'golden retriever'); repeat for several, cycled over --batch")
+    gen.add_argument("--prompt", default=None, help="what to draw, for text-to-image models (Janus-Pro)")
+    gen.add_argument("--negative-prompt", default="", help="text-to-image: what the unconditional branch says")
+    gen.add_argument("--device-map", default=None, help="accelerate device map for large models, e.g. 'auto'")
     gen.add_argument("--policy", default="linear", choices=sorted(POLICIES))
     gen.add_argument("--budget", default=CacheSettings.budget, help="'1/6', '0.25', '4 lines' or 'full'")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--vs-transformers", action="store_true",
+                       help="janus-pro-*: time transformers' own generate(generation_mode='image') against the engine")
     _cache_options(bench)
     return parser
 
@@ -99,11 +106,18 @@ def _generate(args: argparse.Namespace) -> dict:
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}.")
     settings = _settings(args, args.policy, args.budget)
-    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads)
-    labels = args.label or ["0"]
-    labels = [labels[i % len(labels)] for i in range(args.batch)]
+    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads, args.device_map)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
-    batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed)
+    if isinstance(pipeline, TextToImagePipeline):
+        if not args.prompt:
+            raise ValueError(f"{pipeline.name} draws from text: give --prompt \"...\".")
+        batch = pipeline.generate(args.prompt, args.negative_prompt, args.batch, settings, args.cfg, sampling, args.seed)
+    else:
+        if args.prompt:
+            raise ValueError(f"{pipeline.name} is class-conditional: give --label instead of --prompt.")
+        labels = args.label or ["0"]
+        labels = [labels[i % len(labels)] for i in range(args.batch)]
+        batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed)
     path = save_png(batch.images, args.out)
     return {"image": str(path), **batch.summary()}
 
@@ -118,9 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             text = _format_generate(report)
         elif args.command == "fidelity":
             pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads)
+            if isinstance(pipeline, TextToImagePipeline):
+                raise ValueError("fidelity measures class-conditional models (demo-digits, LlamaGen) so far.")
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
                                      args.seed, _settings(args))
             text = format_fidelity(report)
+        elif args.vs_transformers:
+            if not args.arch.startswith("janus"):
+                raise ValueError("--vs-transformers compares with transformers' Janus generate: use --arch janus-pro-1b or janus-pro-7b.")
+            budgets = tuple(b.strip() for b in args.budget.split(",") if b.strip())
+            report = bench_vs_transformers(args.arch, args.layers, args.batch, budgets, args.device, args.dtype)
+            text = format_vs_transformers(report)
         else:
             report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
                                args.device, args.dtype, args.repeats, base=_settings(args))
@@ -134,4 +156,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def _format_generate(report: dict) -> str:
     count = f"{report['batch']} image{'s' if report['batch'] > 1 else ''}"
-    return f"wrote {report['image']} ({count}, labels {report['labels']})\n" + describe_summary(report)
+    condition = f"prompt {report['prompt']!r}" if "prompt" in report else f"labels {report['labels']}"
+    return f"wrote {report['image']} ({count}, {condition})\n" + describe_summary(report)

@@ -76,6 +76,11 @@ class DecodeSession:
         self.geometry = CacheGeometry.of(adapter.backbone)
         rows, prefix_len = conditioning.prefix.shape[:2]
         self.layout.check_sequence(prefix_len)
+        limit = getattr(adapter, "max_positions", None)  # families with fixed position tables say so
+        if limit is not None and self.layout.full_length > limit:
+            raise ValueError(f"The layout needs {self.layout.full_length} positions but the model covers {limit} "
+                             f"(a {self.layout.grid_h}x{self.layout.grid_w} grid does not fit it); use the model's "
+                             "own grid.")
         self.batch = rows // guidance.batched_rows
         if self.batch * guidance.batched_rows != rows:
             raise ValueError(f"{rows} prefix rows do not split into CFG pairs for layout '{guidance.layout}'.")

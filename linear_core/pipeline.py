@@ -93,34 +93,22 @@ def describe_summary(summary: dict) -> str:
 
 
 #: bytes of fp32 logits work per batched row and vocabulary entry (logits, CFG mix, top-k sort, softmax)
-_LOGIT_WORK = 4 * 4
+LOGIT_WORK_BYTES = 4 * 4
 
 
-@dataclass
-class ClassConditionalPipeline:
-    name: str
-    family: str  # "demo-digits" | "llamagen"
-    model: LlamaGenModel
-    #: ``(batch, lines·W)`` tokens of the first ``lines`` lines → ``(batch, 3, lines·f, W·f)`` in [0, 1]
+class ImagePipeline:
+    """What every pipeline shares: decoding a batch image by image, previews, and one module over
+    all weights. Subclasses provide ``decode``, ``layout`` and ``weights``."""
+
     decode: Callable[[torch.Tensor], torch.Tensor]
-    class_names: tuple[str, ...]
-    defaults: SamplingDefaults
-    decoder: nn.Module | None = None  # the weights behind ``decode``, if it has any
-
-    def weights(self) -> nn.ModuleDict:
-        """Every weight of the pipeline in one module, for hosts that move models between devices."""
-        return nn.ModuleDict({"gpt": self.model, **({"decoder": self.decoder} if self.decoder is not None else {})})
 
     @property
     def layout(self) -> LineLayout:
-        return self.model.spec.layout()
+        raise NotImplementedError
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.head.weight.device
-
-    def label(self, value: str | int) -> int:
-        return resolve_label(value, self.class_names)
+    def weights(self) -> nn.Module:
+        """Every weight of the pipeline in one module, for hosts that move models between devices."""
+        raise NotImplementedError
 
     def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
         """One image at a time, so a large batch never holds every decoder activation at once."""
@@ -136,11 +124,37 @@ class ClassConditionalPipeline:
         image[:, :top.shape[1]] = top
         return image
 
+
+@dataclass
+class ClassConditionalPipeline(ImagePipeline):
+    name: str
+    family: str  # "demo-digits" | "llamagen"
+    model: LlamaGenModel
+    #: ``(batch, lines·W)`` tokens of the first ``lines`` lines → ``(batch, 3, lines·f, W·f)`` in [0, 1]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    class_names: tuple[str, ...]
+    defaults: SamplingDefaults
+    decoder: nn.Module | None = None  # the weights behind ``decode``, if it has any
+
+    def weights(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"gpt": self.model, **({"decoder": self.decoder} if self.decoder is not None else {})})
+
+    @property
+    def layout(self) -> LineLayout:
+        return self.model.spec.layout()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def label(self, value: str | int) -> int:
+        return resolve_label(value, self.class_names)
+
     def memory_required(self, batch: int, settings: CacheSettings = CacheSettings(), cfg: float | None = None) -> int:
         """Device bytes a request needs besides the weights: its cache (exact) plus the per-step
         logits work (estimate); what a host must free before the run."""
         rows = batch * self.model.guidance(self.defaults.cfg if cfg is None else cfg).batched_rows
-        return planned_cache_bytes(self.model, self.layout, settings, rows) + rows * self.model.spec.vocab * _LOGIT_WORK
+        return planned_cache_bytes(self.model, self.layout, settings, rows) + rows * self.model.spec.vocab * LOGIT_WORK_BYTES
 
     def generate(self, labels: Sequence[str | int], settings: CacheSettings = CacheSettings(), cfg: float | None = None,
                  sampling: SamplingConfig | None = None, seed: int = 0, callbacks: Callbacks = Callbacks()) -> ImageBatch:
@@ -170,18 +184,24 @@ def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> C
 
 def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, grid: int | None = None,
                   dtype: str | torch.dtype = "fp32", device: str | torch.device | None = None,
-                  heads: int | None = None) -> ClassConditionalPipeline:
-    """Load a built-in name (``demo-digits``), a demo-format folder, or a LlamaGen GPT file + VQ file.
-    ``grid`` / ``heads`` are needed only for files whose name or width does not tell them."""
+                  heads: int | None = None, device_map: str | dict | None = None) -> ImagePipeline:
+    """Load a built-in name (``demo-digits``), a demo-format folder, a LlamaGen GPT file + VQ file,
+    or a Janus-Pro folder (→ `TextToImagePipeline`). ``grid`` / ``heads`` are needed only for files
+    whose name or width does not tell them; ``device_map`` (accelerate) only applies to Janus."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
         config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
         if config.get("family") == DEMO_NAME and (path / "model.safetensors").is_file():
             return _load_demo(path, config, dtype, device)
+        if config.get("model_type") in ("janus", "multi_modality"):
+            from .families.janus import load_janus
+            from .text_pipeline import TextToImagePipeline
+
+            return TextToImagePipeline(path.name, "janus-pro", load_janus(path, dtype, device, device_map))
         found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
-        raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r} and LlamaGen c2i_*.pt / "
-                         ".safetensors files (Janus-Pro and Lumina-mGPT folders are not supported yet).")
+        raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r}, LlamaGen c2i_*.pt / "
+                         ".safetensors files and Janus-Pro folders (Lumina-mGPT folders are not supported yet).")
     if not path.is_file():
         choices = ", ".join(BUILTIN_MODELS)
         raise ValueError(f"Model {str(model)!r} not found: give a checkpoint path or a built-in name ({choices}).")

@@ -11,9 +11,10 @@ from .cache_map import LineARCacheMap
 from .cache_settings import LineARCacheSettings
 from .loader import LineARModelLoader
 from .model_files import register_folder
-from .sampler import LineARClassSampler
+from .sampler import LineARClassSampler, LineARTextSampler
 
-NODES: list[type[io.ComfyNode]] = [LineARModelLoader, LineARCacheSettings, LineARClassSampler, LineARCacheMap]
+NODES: list[type[io.ComfyNode]] = [LineARModelLoader, LineARCacheSettings, LineARClassSampler, LineARTextSampler,
+                                    LineARCacheMap]
 
 register_folder()
 

@@ -14,7 +14,7 @@ from comfy.model_patcher import ModelPatcher
 
 from ..linear_core.demo import DEMO_NAME
 from ..linear_core.devices import DTYPES
-from ..linear_core.pipeline import ClassConditionalPipeline, load_pipeline
+from ..linear_core.pipeline import ImagePipeline, load_pipeline
 from ..linear_core.settings import CacheSettings
 
 FOLDER = "linear_ar"
@@ -113,14 +113,15 @@ def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
 class LoadedModel:
     """What flows along a LineAR model wire: the pipeline and the patcher ComfyUI moves it with."""
 
-    pipeline: ClassConditionalPipeline
+    pipeline: ImagePipeline
     patcher: ModelPatcher
     choice: str
 
-    def load_for(self, batch: int, settings: CacheSettings, cfg: float) -> None:
-        """Put the weights on the compute device, making room for the run's cache first."""
-        mm.load_models_gpu([self.patcher], memory_required=self.pipeline.memory_required(batch, settings, cfg),
-                           force_full_load=True)
+    def load_for(self, batch: int, settings: CacheSettings, cfg: float, **request) -> None:
+        """Put the weights on the compute device, making room for the run's cache first (``request``:
+        the prompt of a text model, whose length sets the prefix)."""
+        needed = self.pipeline.memory_required(batch, settings, cfg, **request)
+        mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
 
 
 def load_model(choice: str, tokenizer: str = AUTO, resolution: str = AUTO, dtype: str = AUTO,

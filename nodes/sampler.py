@@ -1,4 +1,4 @@
-"""LineAR Class Sampler: model + cache settings + class label → images, stats and the run."""
+"""LineAR samplers (class label or text prompt) → images, stats and the run; shared progress plumbing."""
 from __future__ import annotations
 
 import comfy.model_management as mm
@@ -11,9 +11,10 @@ from server import PromptServer
 
 from ..linear_core.engine import Callbacks
 from ..linear_core.labels import class_choices, label_from_choice
-from ..linear_core.pipeline import ClassConditionalPipeline, ImageBatch
+from ..linear_core.pipeline import ClassConditionalPipeline, ImageBatch, ImagePipeline
 from ..linear_core.sampling import SamplingConfig
 from ..linear_core.settings import CacheSettings
+from ..linear_core.text_pipeline import TextToImagePipeline
 from .model_files import LoadedModel
 from .sockets import CATEGORY, CacheSocket, ModelSocket, RunSocket
 
@@ -36,7 +37,7 @@ class ComfyProgress:
     """Engine callbacks → ComfyUI: the progress bar per token (each update is also where ComfyUI
     raises on Cancel), a partial preview every few lines, and a line counter for the web extension."""
 
-    def __init__(self, pipeline: ClassConditionalPipeline, node_id: str | None) -> None:
+    def __init__(self, pipeline: ImagePipeline, node_id: str | None) -> None:
         self.pipeline, self.node_id = pipeline, node_id
         layout = pipeline.layout
         self.total, self.lines = layout.image_tokens, layout.grid_h
@@ -62,6 +63,46 @@ def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 2, 3, 1).contiguous().float().cpu()
 
 
+def sampling_inputs(cfg: float, top_k: int) -> list:
+    """Batch, seed and sampling widgets, in the order every sampler shows them."""
+    return [
+        io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images drawn in one batched run."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        io.Float.Input("cfg", default=cfg, min=1.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance; 1 = off (half the cache)."),
+        io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, tooltip="0 = greedy."),
+        io.Int.Input("top_k", default=top_k, min=0, max=1 << 20, tooltip="0 = off."),
+        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01, round=0.01, tooltip="1 = off."),
+    ]
+
+
+OUTPUTS = [
+    io.Image.Output(display_name="images"),
+    io.String.Output(display_name="stats", tooltip="KV memory, saving and speed of the run, as text."),
+    RunSocket.Output(display_name="run", tooltip="The run, for LineAR Cache Map."),
+]
+
+
+def run_sampler(node: type[io.ComfyNode], model: LoadedModel, cache: CacheSettings | None, batch_size: int,
+                cfg: float, generate, memory_kwargs: dict | None = None) -> io.NodeOutput:
+    """Make room and load the weights, run ``generate(settings, callbacks)`` with ComfyUI progress,
+    free what is left whatever happens, then report the stats to the web extension."""
+    settings = cache or CacheSettings()
+    node_id = node.hidden.unique_id if node.hidden is not None else None  # None when called outside a graph
+    try:
+        model.load_for(batch_size, settings, cfg, **(memory_kwargs or {}))
+        batch: ImageBatch = generate(settings, ComfyProgress(model.pipeline, node_id).callbacks())
+    finally:
+        mm.soft_empty_cache()
+    _send(STATS_EVENT, {"node": node_id, **batch.summary()})
+    return io.NodeOutput(to_comfy_images(batch.images), batch.describe(), batch)
+
+
+def expect(model: LoadedModel, kind: type, other_node: str) -> None:
+    if not isinstance(model.pipeline, kind):
+        raise ValueError(f"{model.pipeline.name} does not fit this sampler: use {other_node} for it.")
+
+
 class LineARClassSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -69,44 +110,62 @@ class LineARClassSampler(io.ComfyNode):
             node_id="LineAR_ClassSampler",
             display_name="LineAR Class Sampler",
             category=CATEGORY,
-            description="Generates images of one class token by token with a compressed KV cache. Shows progress "
-                        "and a partial preview; Cancel stops at the next token and frees the cache.",
+            description="Generates images of one class token by token with a compressed KV cache (demo-digits, "
+                        "LlamaGen). Shows progress and a partial preview; Cancel stops at the next token and frees "
+                        "the cache.",
             inputs=[
                 ModelSocket.Input("model"),
                 CacheSocket.Input("cache", optional=True,
                                   tooltip="Cache settings; unconnected = LineAR with its defaults (1/6 budget)."),
                 io.Combo.Input("class_label", options=class_choices(), default="digit 7",
                                tooltip="'digit N' for the demo model, an ImageNet class for LlamaGen (type to search)."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images drawn in one batched run."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Float.Input("cfg", default=4.0, min=1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance; 1 = off (half the cache). LlamaGen uses 4, the demo 2."),
-                io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01,
-                               tooltip="0 = greedy."),
-                io.Int.Input("top_k", default=2000, min=0, max=1 << 20, tooltip="0 = off."),
-                io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01, round=0.01, tooltip="1 = off."),
+                *sampling_inputs(cfg=4.0, top_k=2000),
             ],
-            outputs=[
-                io.Image.Output(display_name="images"),
-                io.String.Output(display_name="stats", tooltip="KV memory, saving and speed of the run, as text."),
-                RunSocket.Output(display_name="run", tooltip="The run, for LineAR Cache Map."),
-            ],
+            outputs=OUTPUTS,
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model: LoadedModel, class_label: str, batch_size: int, seed: int, cfg: float,
                 temperature: float, top_k: int, top_p: float, cache: CacheSettings | None = None) -> io.NodeOutput:
-        pipeline, settings = model.pipeline, cache or CacheSettings()
+        expect(model, ClassConditionalPipeline, "LineAR Text Sampler")
+        pipeline = model.pipeline
         label = label_from_choice(class_label, pipeline.class_names, pipeline.name)
         sampling = SamplingConfig(temperature, top_k, top_p)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None  # None when called outside a graph
-        try:
-            model.load_for(batch_size, settings, cfg)
-            progress = ComfyProgress(pipeline, node_id)
-            batch: ImageBatch = pipeline.generate([label] * batch_size, settings, cfg, sampling, seed,
-                                                  progress.callbacks())
-        finally:
-            mm.soft_empty_cache()
-        _send(STATS_EVENT, {"node": node_id, **batch.summary()})
-        return io.NodeOutput(to_comfy_images(batch.images), batch.describe(), batch)
+        return run_sampler(cls, model, cache, batch_size, cfg, lambda settings, callbacks: pipeline.generate(
+            [label] * batch_size, settings, cfg, sampling, seed, callbacks))
+
+
+class LineARTextSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LineAR_TextSampler",
+            display_name="LineAR Text Sampler",
+            category=CATEGORY,
+            description="Generates images from a prompt token by token with a compressed KV cache (Janus-Pro). "
+                        "Shows progress and a partial preview; Cancel stops at the next token and frees the cache.",
+            inputs=[
+                ModelSocket.Input("model"),
+                CacheSocket.Input("cache", optional=True,
+                                  tooltip="Cache settings; unconnected = LineAR with its defaults (1/6 budget)."),
+                io.String.Input("prompt", multiline=True, default="a red fox in the snow, studio photograph",
+                                tooltip="What to draw."),
+                io.String.Input("negative_prompt", multiline=True, default="",
+                                tooltip="Optional: what the unconditional branch of CFG says (empty = the "
+                                        "model's own padded prompt)."),
+                *sampling_inputs(cfg=5.0, top_k=0),
+            ],
+            outputs=OUTPUTS,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model: LoadedModel, prompt: str, negative_prompt: str, batch_size: int, seed: int, cfg: float,
+                temperature: float, top_k: int, top_p: float, cache: CacheSettings | None = None) -> io.NodeOutput:
+        expect(model, TextToImagePipeline, "LineAR Class Sampler")
+        pipeline = model.pipeline
+        sampling = SamplingConfig(temperature, top_k, top_p)
+        return run_sampler(cls, model, cache, batch_size, cfg, lambda settings, callbacks: pipeline.generate(
+            prompt, negative_prompt, batch_size, settings, cfg, sampling, seed, callbacks),
+            {"prompt": prompt, "negative_prompt": negative_prompt})

@@ -101,9 +101,8 @@ def test_dropdown_labels_resolve_for_the_right_kind_of_model():
 
 
 @pytest.mark.parametrize("config,family", [
-    ({"model_type": "janus", "architectures": ["JanusForConditionalGeneration"]}, "Janus-Pro (transformers format)"),
-    ({"model_type": "multi_modality"}, "Janus-Pro (DeepSeek release)"),
     ({"model_type": "chameleon", "architectures": ["ChameleonForConditionalGeneration"]}, "Lumina-mGPT"),
+    ({"model_type": "qwen2"}, "qwen2"),
     ({}, "folder without config.json"),
 ])
 def test_unsupported_model_folders_are_named_in_the_error(tmp_path, config, family):

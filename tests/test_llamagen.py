@@ -147,3 +147,15 @@ def test_vq_decoder_shapes_range_and_normalised_codebook(tmp_path):
         decoder(tokens, 4, 4)
     with pytest.raises(ValueError, match="not a VQ tokenizer"):
         load_vq16(write_pt(tmp_path / "c2i_T_256.pt", upstream_state()))
+
+
+def test_a_layout_larger_than_the_rotary_table_is_refused_up_front(tmp_path, upstream):
+    from linear_core import LineLayout
+
+    model = load_llamagen(write_pt(tmp_path / "c2i_T_256.pt", upstream), grid=GRID, heads=4, device=DEVICE)
+    assert model.max_positions == 1 + GRID * GRID
+    guidance = model.guidance(1.0)
+    conditioning = model.conditioning(torch.tensor([3], device=DEVICE), guidance)
+    too_big = LineLayout(model.spec.layout().prefix_len, GRID + 1, GRID)
+    with pytest.raises(ValueError, match=f"needs {1 + (GRID + 1) * GRID} positions but the model covers {1 + GRID * GRID}"):
+        generate(model, conditioning, too_big, CacheSettings(policy="full"), guidance)

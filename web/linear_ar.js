@@ -1,15 +1,15 @@
-// LineAR: shows, under each LineAR Class Sampler, the token line being generated during a run and,
+// LineAR: shows, under each LineAR sampler, the token line being generated during a run and,
 // after it, the KV memory used against what the full cache would need, the saving and tokens/s.
 // The server sends "linear_ar.progress" once per finished line and "linear_ar.stats" once per run.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const SAMPLER = "LineAR_ClassSampler";
+const SAMPLERS = new Set(["LineAR_ClassSampler", "LineAR_TextSampler"]);
 const STRIP = 22; // px below the node
 
 function samplerNode(id) {
   const node = app.graph?.getNodeById(Number(String(id).split(":").pop()));
-  return node?.comfyClass === SAMPLER ? node : null;
+  return SAMPLERS.has(node?.comfyClass) ? node : null;
 }
 
 function mib(bytes) {
@@ -51,7 +51,7 @@ app.registerExtension({
   name: "LineAR.KVStats",
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== SAMPLER) return;
+    if (!SAMPLERS.has(nodeData.name)) return;
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
@@ -77,7 +77,7 @@ app.registerExtension({
     for (const event of ["execution_interrupted", "execution_error"]) {
       api.addEventListener(event, () => {
         for (const node of app.graph?._nodes ?? []) {
-          if (node.comfyClass === SAMPLER && node.linearProgress) {
+          if (SAMPLERS.has(node.comfyClass) && node.linearProgress) {
             node.linearProgress = null;
             node.setDirtyCanvas(true, false);
           }

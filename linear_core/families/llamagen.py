@@ -113,9 +113,8 @@ class GridRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cos.device != x.device:
             self.cos, self.sin = self.cos.to(x.device), self.sin.to(x.device)
-        if int(position_ids.max()) >= self.cos.shape[0]:
-            raise ValueError(f"Position {int(position_ids.max())} is outside the {self.cos.shape[0]}-token "
-                             "LlamaGen sequence (condition tokens + grid²).")
+        # positions are not range-checked here (that would wait for the device at every step): the
+        # engine checks the whole layout against `LlamaGenModel.max_positions` once per request
         return self.cos[position_ids].to(x.dtype), self.sin[position_ids].to(x.dtype)
 
 
@@ -134,6 +133,11 @@ class LlamaGenModel(nn.Module):
     @property
     def config(self) -> LlamaConfig:
         return self.backbone.config
+
+    @property
+    def max_positions(self) -> int:
+        """Condition tokens + grid²: the longest sequence the 2-D rotary table covers."""
+        return self.backbone.rotary_emb.cos.shape[0]
 
     @property
     def num_classes(self) -> int:

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from comfyui_harness import comfyui_root, sampler_prompt
+from janus_files import GRID as JANUS_GRID, write_native_janus
 from llamagen_files import tiny_vq_state, upstream_state
 
 REPO = Path(__file__).resolve().parents[2]
-NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_CacheMap"]
+NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_TextSampler",
+            "LineAR_CacheMap"]
 
 
 class RecordingServer:
@@ -95,6 +97,7 @@ def comfy(tmp_path_factory):
     from safetensors.torch import save_file
     save_file(state, str(models / "c2i_tiny_256.safetensors"), metadata={"heads": "4"})
     torch.save({"model": tiny_vq_state()}, models / "vq_ds16_c2i.pt")
+    write_native_janus(models / "Janus-Pro-tiny")
     return Comfy(models)
 
 
@@ -214,3 +217,22 @@ def test_llamagen_file_from_the_models_folder_with_its_tokenizer(comfy):
     assert stats["budget_tokens"] == 42 and stats["kv_saving"] > 0.6
     executor, server, _ = comfy.run(graph(model="c2i_tiny_256.safetensors", label="digit 2"))
     assert "draws ImageNet classes" in server.of("execution_error")[0]["exception_message"]
+
+
+def test_text_sampler_draws_a_janus_folder_with_a_negative_prompt(comfy):
+    prompt = sampler_prompt(model="Janus-Pro-tiny/", budget="1/4", batch=2)
+    prompt["3"] = {"class_type": "LineAR_TextSampler", "inputs": {
+        "model": ["1", 0], "cache": ["2", 0], "prompt": "a red fox in the snow", "negative_prompt": "blurry",
+        "batch_size": 2, "seed": 1, "cfg": 5.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}}
+    executor, server, _ = comfy.run(prompt)
+    assert executor.success, server.of("execution_error")
+    (stats,) = server.of("linear_ar.stats")
+    assert stats["family"] == "janus-pro" and stats["prompt"] == "a red fox in the snow"
+    tokens = JANUS_GRID * JANUS_GRID
+    assert stats["negative_prompt"] == "blurry" and stats["image_tokens"] == tokens
+    assert stats["budget_tokens"] == tokens // 4
+    assert [m["line"] for m in server.of("linear_ar.progress")] == list(range(1, JANUS_GRID + 1))
+    assert len(executor.history_result["outputs"]["4"]["images"]) == 2
+    prompt["3"]["inputs"]["prompt"] = " "
+    executor, server, _ = comfy.run(prompt)
+    assert "prompt is empty" in server.of("execution_error")[0]["exception_message"]

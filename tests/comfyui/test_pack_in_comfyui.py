@@ -11,28 +11,33 @@ import torch
 from PIL import Image
 
 from comfyui_harness import PACK_FOLDER, REPO_ROOT, PromptRejected, sampler_prompt
+from janus_files import write_native_janus
 from llamagen_files import tiny_vq_state, upstream_state
 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
-NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_CacheMap"]
+NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_TextSampler",
+            "LineAR_CacheMap"]
 #: what each workflow must produce: SaveImage pictures (count, side in px) and stats texts
 EXPECTED = {
     "linear_ar_demo_digits.json": {"images": (4, 128), "stats": 1},
     "linear_ar_llamagen_c2i.json": {"images": (4, 48), "stats": 1},
     "linear_ar_compare_policies.json": {"images": (12, 128), "stats": 3},
+    "linear_ar_janus_pro_t2i.json": {"images": (4, 32), "stats": 1},  # 16×16 tokens, the tiny VQ upsamples ×2
 }
 
 
 @pytest.fixture(scope="module")
 def server(comfy_server):
-    """The shared server with LlamaGen files under the names the LlamaGen workflow uses: an
-    XL-width (1280, 20 heads), one-layer GPT at 384 px (24×24 tokens) and a tiny VQ decoder."""
+    """The shared server with model files under the names the workflows use: an XL-width (1280, 20
+    heads), one-layer LlamaGen GPT at 384 px (24×24 tokens) with a tiny VQ decoder, and a tiny
+    transformers-native Janus-Pro folder (16×16 tokens)."""
     folder = comfy_server.linear_ar_dir
     folder.mkdir(parents=True, exist_ok=True)
     gpt = folder / "c2i_XL_384.pt"
     if not gpt.exists():
         torch.save({"model": upstream_state(dim=1280, heads=20, layers=1, classes=1000)}, gpt)
         torch.save({"model": tiny_vq_state()}, folder / "vq_ds16_c2i.pt")
+        write_native_janus(folder / "Janus-Pro-1B", grid=16)  # 1/6 of 256 tokens fits 8 anchors + 2 lines
     return comfy_server
 
 
@@ -149,10 +154,15 @@ def test_bad_inputs_give_clear_node_errors_and_the_server_keeps_serving(server):
 
 
 def test_model_folder_of_an_unsupported_family_is_named(server):
-    folder = server.linear_ar_dir / "Janus-Pro-1B"
+    folder = server.linear_ar_dir / "Lumina-mGPT-7B-768"
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "chameleon"}))
     options = server.object_info()["LineAR_ModelLoader"]["input"]["required"]["model"][1]["options"]
-    assert "Janus-Pro-1B/" in options
+    assert "Lumina-mGPT-7B-768/" in options and "Janus-Pro-1B/" in options
+    entry = server.run(sampler_prompt(model="Lumina-mGPT-7B-768/"))
+    assert "Lumina-mGPT (Chameleon)" in ended_with(entry, "execution_error")["exception_message"]
+
+
+def test_a_text_model_in_the_class_sampler_points_to_the_text_sampler(server):
     entry = server.run(sampler_prompt(model="Janus-Pro-1B/"))
-    assert "Janus-Pro (DeepSeek release)" in ended_with(entry, "execution_error")["exception_message"]
+    assert "use LineAR Text Sampler" in ended_with(entry, "execution_error")["exception_message"]

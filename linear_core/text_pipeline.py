@@ -1,0 +1,73 @@
+"""Text-to-image pipelines (Janus-Pro): prompt → conditioning → engine → decoded images."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .engine import Callbacks, generate, planned_cache_bytes
+from .families.janus import JanusImageModel
+from .layout import LineLayout
+from .pipeline import LOGIT_WORK_BYTES, ImageBatch, ImagePipeline, SamplingDefaults
+from .sampling import SamplingConfig
+from .settings import CacheSettings
+
+#: DeepSeek's Janus-Pro generation script: cfg 5, temperature 1, no top-k / top-p
+JANUS_DEFAULTS = SamplingDefaults(cfg=5.0, temperature=1.0, top_k=0, top_p=1.0)
+
+
+@dataclass
+class TextToImagePipeline(ImagePipeline):
+    name: str
+    family: str  # "janus-pro"
+    model: JanusImageModel
+    defaults: SamplingDefaults = JANUS_DEFAULTS
+
+    def __post_init__(self) -> None:
+        self.decode = self.model.decode
+
+    def weights(self) -> nn.Module:
+        # wrapped: hosts may set attributes such as ``device`` that transformers models make read-only
+        return nn.ModuleDict({"janus": self.model.janus})
+
+    @property
+    def layout(self) -> LineLayout:
+        """The image raster (the prefix length depends on the prompt; see `generate`)."""
+        return LineLayout(0, self.model.grid, self.model.grid)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.backbone.embed_tokens.weight.device
+
+    def memory_required(self, batch: int, settings: CacheSettings = CacheSettings(), cfg: float | None = None,
+                        prompt: str = "", negative_prompt: str = "") -> int:
+        """Device bytes a request needs besides the weights: its caches (exact for this prompt) plus the
+        per-step logits work (estimate)."""
+        cfg = self.defaults.cfg if cfg is None else cfg
+        conditioning, guidance, layout = self.model.request(prompt or "an image", negative_prompt, batch, cfg)
+        rows = batch * guidance.batched_rows
+        total = planned_cache_bytes(self.model, layout, settings, rows)
+        if conditioning.uncond_prefix is not None:
+            total += planned_cache_bytes(self.model, layout.with_prefix(conditioning.uncond_prefix.shape[1]), settings, batch)
+        return total + batch * 2 * self.model.vocab * LOGIT_WORK_BYTES
+
+    def generate(self, prompt: str, negative_prompt: str = "", batch: int = 1, settings: CacheSettings = CacheSettings(),
+                 cfg: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
+                 callbacks: Callbacks = Callbacks()) -> ImageBatch:
+        """``batch`` images of one prompt, decoded to RGB."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}.")
+        cfg = self.defaults.cfg if cfg is None else cfg
+        sampling = sampling or self.defaults.sampling()
+        with torch.inference_mode():
+            conditioning, guidance, layout = self.model.request(prompt, negative_prompt, batch, cfg)
+        result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed, callbacks=callbacks)
+        t0 = time.perf_counter()
+        images = self.decode_images(result.tokens)
+        used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,
+                "cfg": cfg, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                "seed": seed, "device": str(self.device)}
+        return ImageBatch(images, result.tokens.cpu(), [], result.stats, time.perf_counter() - t0, used,
+                          layout.with_budget(settings.budget))
