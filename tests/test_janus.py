@@ -17,7 +17,7 @@ from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.families.janus import PRO_TEMPLATE, load_janus
 from linear_core.pipeline import load_pipeline
 from linear_core.text_pipeline import TextToImagePipeline
-from test_exactness import assert_evictions_matter, feed_and_record, reference_logits
+from test_exactness import assert_matches_masked_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red fox in the snow"
@@ -75,18 +75,9 @@ def test_logits_equal_masked_full_forward(native, policy, chunk, negative):
     model = load_janus(native, device=DEVICE)
     conditioning, guidance, layout = model.request(PROMPT, negative, 2, 4.0)
     assert guidance.layout == ("separate" if negative else "halves")
-    settings = CacheSettings(policy, budget="2 lines",
-                             anchors=2, recent_lines=1)
+    settings = CacheSettings(policy, budget="2 lines", anchors=2, recent_lines=1)
     tokens = torch.randint(0, model.vocab, (2, layout.image_tokens), generator=torch.Generator().manual_seed(3))
-    tokens = tokens.to(DEVICE)
-    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=1)
-    try:
-        got, history = feed_and_record(session, tokens, chunk)
-    finally:
-        session.close()
-    expected = reference_logits(model, conditioning, guidance, session.layout, tokens, history)
-    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
-    assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected)
+    assert_matches_masked_reference(model, conditioning, layout, settings, guidance, tokens.to(DEVICE), chunk)
 
 
 @pytest.mark.parametrize("shards", [False, True])
