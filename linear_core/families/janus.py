@@ -133,7 +133,8 @@ def folder_config(folder: Path) -> dict:
 def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                device_map: str | dict | None = None) -> JanusImageModel:
     """A Janus-Pro folder (transformers-native or DeepSeek's release) with its tokenizer.
-    ``device_map`` (e.g. ``"auto"``) spreads the weights with accelerate instead of ``device``."""
+    ``device_map`` (e.g. ``"auto"``) places the weights with accelerate instead of ``device``; the
+    decoder layers must end up on one device, where the cache lives (the engine checks)."""
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
     from .janus_convert import load_deepseek_janus
