@@ -71,13 +71,9 @@ def describe_state_dict(state: dict) -> str:
 
 
 def describe_folder_config(config: dict) -> str:
-    """Which family a model folder's ``config.json`` belongs to, for listings and error messages."""
+    """Which family an unsupported model folder's ``config.json`` belongs to, for error messages."""
     kind = str(config.get("family") or config.get("model_type") or "").lower()
     architectures = " ".join(config.get("architectures") or []).lower()
-    if kind == "janus" or "janus" in architectures:
-        return "Janus-Pro (transformers format)"
-    if kind == "multi_modality" or "multimodality" in architectures:
-        return "Janus-Pro (DeepSeek release)"
     if kind == "chameleon" or "chameleon" in architectures:
         return "Lumina-mGPT (Chameleon)"
     return kind or "an unknown model (no model_type in config.json)"

@@ -20,13 +20,17 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
     return grid
 
 
-def save_png(images: torch.Tensor, path: str | Path) -> Path:
-    """Write a batch (as a grid when more than one) to ``path``; returns the path."""
+def to_pil(image: torch.Tensor):
+    """``(3, H, W)`` in [0, 1] → a PIL RGB image."""
     from PIL import Image
 
+    array = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def save_png(images: torch.Tensor, path: str | Path) -> Path:
+    """Write a batch (as a grid when more than one) to ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = images[0] if images.shape[0] == 1 else make_grid(images)
-    array = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
+    to_pil(images[0] if images.shape[0] == 1 else make_grid(images)).save(path)
     return path

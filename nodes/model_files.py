@@ -46,9 +46,9 @@ def _model_dirs() -> list[tuple[Path, str]]:
     return found
 
 
-def _weight_files() -> list[str]:
-    """Weight files outside model folders, relative to the folder root."""
-    inside = tuple(name for _, name in _model_dirs())
+def _weight_files(model_dirs: list[tuple[Path, str]]) -> list[str]:
+    """Weight files outside the model folders ``model_dirs``, relative to the folder root."""
+    inside = tuple(name for _, name in model_dirs)
     return [f for f in folder_paths.get_filename_list(FOLDER) if not f.replace(os.sep, "/").startswith(inside)]
 
 
@@ -58,12 +58,13 @@ def _is_tokenizer(name: str) -> bool:
 
 def model_choices() -> list[str]:
     """The built-in demo first, then model folders and GPT weight files."""
-    return [DEMO_NAME, *sorted(name for _, name in _model_dirs()),
-            *sorted(f for f in _weight_files() if not _is_tokenizer(f))]
+    model_dirs = _model_dirs()
+    return [DEMO_NAME, *sorted(name for _, name in model_dirs),
+            *sorted(f for f in _weight_files(model_dirs) if not _is_tokenizer(f))]
 
 
 def tokenizer_choices() -> list[str]:
-    return [AUTO, *sorted(f for f in _weight_files() if _is_tokenizer(f))]
+    return [AUTO, *sorted(f for f in _weight_files(_model_dirs()) if _is_tokenizer(f))]
 
 
 def resolve_model(choice: str) -> str | Path:

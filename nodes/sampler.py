@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.utils
-import numpy as np
 import torch
 from comfy_api.latest import io
-from PIL import Image
 from server import PromptServer
 
 from ..linear_core.engine import Callbacks
+from ..linear_core.images import to_pil
 from ..linear_core.labels import class_choices, label_from_choice
 from ..linear_core.pipeline import ClassConditionalPipeline, ImageBatch, ImagePipeline
 from ..linear_core.sampling import SamplingConfig
@@ -26,11 +25,6 @@ PREVIEWS_PER_IMAGE = 8
 def _send(event: str, data: dict) -> None:
     server = PromptServer.instance
     server.send_sync(event, data, server.client_id)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [0, 1] → PIL RGB."""
-    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 class ComfyProgress:

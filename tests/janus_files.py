@@ -158,8 +158,9 @@ image_size 384 (here 16·grid), image_std [0.5]*3, min_size 14, processor_class 
 rescale_factor 1/255}`` (reconstructed from DeepSeek's ``VLChatProcessor`` / ``VLMImageProcessor``
 arguments and the keys transformers' conversion reads; values as recalled, unverified).
 
-Key mapping, original (DeepSeek) → native (transformers) — `deepseek_to_native` implements it and
-`native_to_deepseek` its inverse (``{i}``, ``{j}`` indices are unchanged)::
+Key mapping, original (DeepSeek) → native (transformers); `native_to_deepseek` applies it in reverse
+to write the original layout, and the product's `linear_core.families.janus_convert` must undo it
+(``{i}``, ``{j}`` indices are unchanged)::
 
     language_model.model.*                        → model.language_model.*
     language_model.lm_head.weight                 → lm_head.weight
@@ -347,9 +348,6 @@ def native_state(seed: int = 0, grid: int = GRID) -> dict[str, torch.Tensor]:
 
 
 # -- key mapping -------------------------------------------------------------------------------------
-_VQ_FORWARD = ((r"encoder\.conv_blocks\.", "encoder.down."), (r"decoder\.conv_blocks\.", "decoder.up."),
-               (r"\.res\.", ".block."), (r"\.mid\.0\.", ".mid.block_1."), (r"\.mid\.1\.", ".mid.attn_1."),
-               (r"\.mid\.2\.", ".mid.block_2."))
 _VQ_BACKWARD = ((r"encoder\.down\.", "encoder.conv_blocks."), (r"decoder\.up\.", "decoder.conv_blocks."),
                 (r"\.block\.", ".res."), (r"\.mid\.block_1\.", ".mid.0."), (r"\.mid\.attn_1\.", ".mid.1."),
                 (r"\.mid\.block_2\.", ".mid.2."))
@@ -367,46 +365,9 @@ _BLOCK_FORWARD = (("norm1.", "layer_norm1."), ("norm2.", "layer_norm2."), ("attn
                   ("mlp.", "mlp."))
 
 
-def deepseek_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DeepSeek's original keys → `JanusForConditionalGeneration` keys (the documented mapping)."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("gen_vision_model."):
-            if key.endswith("quantize.codebook_used"):
-                continue
-            new = key[len("gen_vision_model."):]
-            for pattern, repl in _VQ_FORWARD:
-                new = re.sub(pattern, repl, new)
-            out["model.vqmodel." + new] = value
-        elif key.startswith(_TOWER):
-            rest = key[len(_TOWER):]
-            if rest.startswith("attn_pool."):
-                continue
-            if rest == "pos_embed":
-                out[_SIGLIP + "embeddings.position_embedding.weight"] = value.squeeze(0)
-                continue
-            block = re.match(r"blocks\.(\d+)\.(.*)", rest)
-            if block:
-                layer, tail = f"{_SIGLIP}encoder.layers.{block[1]}.", block[2]
-                if tail.startswith("attn.qkv."):
-                    for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                        out[f"{layer}self_attn.{name}.{tail[len('attn.qkv.'):]}"] = part
-                    continue
-                old, new = next((o, n) for o, n in _BLOCK_FORWARD if tail.startswith(o))
-                out[layer + new + tail[len(old):]] = value
-                continue
-            old, new = next((o, n) for o, n in _TOWER_FORWARD if rest.startswith(o))
-            out[_SIGLIP + new + rest[len(old):]] = value
-        else:
-            old, new = next(((o, n) for o, n in _PREFIX_FORWARD if key.startswith(o)), (None, None))
-            if old is None:
-                raise KeyError(f"no native name for {key}")
-            out[new + key[len(old):]] = value
-    return out
-
-
 def native_to_deepseek(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The inverse of `deepseek_to_native`, plus the tensors the original carries and transformers
+    """Native keys → DeepSeek's original ones (the mapping in the module docstring, inverted), plus
+    the tensors the original carries and transformers
     drops (``quantize.codebook_used`` zeros and a random SigLIP ``attn_pool``, seeded by ``seed``)."""
     out = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
