@@ -27,9 +27,34 @@ class ImageModelAdapter(Protocol):
     # engine then refuses longer layouts up front instead of indexing out of range on the device.
 
 
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes. With an accelerate ``device_map`` an offloaded module keeps its
+    weights on the meta device (in CPU RAM or on disk behind the scenes) and a hook, on it or on
+    its children, names the device they are brought to for each forward; otherwise the weights'
+    own device is the answer."""
+    for part in module.modules():  # the module itself first
+        hook = getattr(part, "_hf_hook", None)
+        for step in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+            device = getattr(step, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    param = next(module.parameters(), None)
+    if param is None:
+        raise ValueError(f"{type(module).__name__} has no weights to tell its device.")
+    if param.device.type == "meta":
+        raise ValueError(f"{type(module).__name__} has weights on the meta device and no accelerate hook that loads "
+                         "them: the checkpoint was not fully loaded (load it with a device or a complete device_map).")
+    return param.device
+
+
 @dataclass(frozen=True)
 class CacheGeometry:
-    """Shapes of the KV cache a backbone writes."""
+    """Shapes of the KV cache a backbone writes, and where each layer's share of it lives.
+
+    ``layer_devices[i]`` is decoder layer i's execution device: a model spread over several GPUs
+    (or partly offloaded) by an accelerate ``device_map`` keeps each layer's cache beside it.
+    ``device`` is where the inputs go (the token embedding's device).
+    """
 
     num_layers: int
     q_heads: int
@@ -37,26 +62,28 @@ class CacheGeometry:
     head_dim: int
     dtype: torch.dtype
     device: torch.device
+    layer_devices: tuple[torch.device, ...]
 
     @classmethod
     def of(cls, backbone: nn.Module) -> "CacheGeometry":
         config = backbone.config
         q_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // q_heads
-        devices = {p.device for p in backbone.parameters()}
-        if len(devices) > 1:
-            found = ", ".join(sorted(str(d) for d in devices))
-            raise ValueError(f"The decoder layers are spread over {found}; the LineAR cache needs them on one device "
-                             "(load the model on a single GPU, or on the CPU).")
-        param = next(backbone.parameters())
+        layers = list(backbone.layers)
         return cls(
-            num_layers=config.num_hidden_layers,
+            num_layers=len(layers),
             q_heads=q_heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or q_heads,
             head_dim=head_dim,
-            dtype=param.dtype,
-            device=param.device,
+            dtype=next(backbone.parameters()).dtype,
+            device=execution_device(backbone.embed_tokens),
+            layer_devices=tuple(execution_device(layer) for layer in layers),
         )
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the decoder computes on (to wait for all of them when timing)."""
+        return list(dict.fromkeys((self.device, *self.layer_devices)))
 
 
 @dataclass

@@ -47,7 +47,7 @@ def run_bench(arch: str = "llamagen-b", policies: tuple[str, ...] = ("full", "li
     for _ in range(repeats):
         for key, settings in plans:
             if device.startswith("cuda"):
-                synchronize(torch.device(device))
+                synchronize([torch.device(device)])
                 torch.cuda.reset_peak_memory_stats()
             stats = generate(model, conditioning, layout, settings, guidance, sampling, seed).stats
             entry = stats.as_dict()

@@ -9,6 +9,8 @@ cache reports its *logical* length (tokens ever written) to transformers, not it
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -122,8 +124,24 @@ class LineARLayer(CacheLayerMixin):
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
 
+#: one device for every layer, or one per layer
+Devices = torch.device | str | Sequence[torch.device | str]
+
+
+def per_layer(device: Devices, num_layers: int) -> list[torch.device]:
+    """One device per layer: a single device is repeated; a list (a model spread by a
+    ``device_map``) must name every layer."""
+    if isinstance(device, (str, torch.device)):
+        return [torch.device(device)] * num_layers
+    devices = [torch.device(d) for d in device]
+    if len(devices) != num_layers:
+        raise ValueError(f"{len(devices)} devices given for {num_layers} layers.")
+    return devices
+
+
 class LineARCache(Cache):
-    """A `Cache` of `LineARLayer`s laid out for one `LineLayout` and ``rows`` batch rows."""
+    """A `Cache` of `LineARLayer`s laid out for one `LineLayout` and ``rows`` batch rows; each
+    layer's buffers sit on that layer's device."""
 
     def __init__(
         self,
@@ -133,14 +151,14 @@ class LineARCache(Cache):
         kv_heads: int,
         head_dim: int,
         dtype: torch.dtype,
-        device: torch.device | str,
+        device: Devices,
         slot_scores: bool = False,
         value_dim: int | None = None,
     ) -> None:
-        device = torch.device(device)
         layers = [
-            LineARLayer(rows, kv_heads, head_dim, layout.prefix_len, layout.capacity, dtype, device, slot_scores, value_dim)
-            for _ in range(num_layers)
+            LineARLayer(rows, kv_heads, head_dim, layout.prefix_len, layout.capacity, dtype, layer_device, slot_scores,
+                        value_dim)
+            for layer_device in per_layer(device, num_layers)
         ]
         super().__init__(layers=layers)
         self.layout = layout

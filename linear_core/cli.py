@@ -36,6 +36,16 @@ def _cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-mode", default=CacheSettings.cfg_mode, choices=("independent", "shared_cond", "shared_sum"))
 
 
+def _device_map(text: str) -> str | dict:
+    """``auto`` / ``balanced`` / ``sequential`` as they are, or a JSON object of module → device."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--device-map is not valid JSON ({error}).") from None
+
+
 def _settings(args: argparse.Namespace, policy: str = "full", budget: str = "full") -> CacheSettings:
     return CacheSettings(policy=policy, budget=budget, anchors=args.anchors, recent_lines=args.recent_lines,
                          sinks=args.sinks, head_sharing=args.head_sharing, cfg_mode=args.cfg_mode)
@@ -62,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="class id or name ('207', 'golden retriever'); repeat for several, cycled over --batch")
     gen.add_argument("--prompt", default=None, help="what to draw, for text-to-image models (Janus-Pro)")
     gen.add_argument("--negative-prompt", default="", help="text-to-image: what the unconditional branch says")
-    gen.add_argument("--device-map", default=None, help="accelerate device map for large models, e.g. 'auto'")
+    gen.add_argument("--device-map", default=None, type=_device_map,
+                     help="accelerate device map for large models: 'auto' or JSON such as "
+                          "'{\"model.language_model.layers.0\": 0, ...}' (Janus-Pro)")
+    gen.add_argument("--offload-folder", default=None, help="where --device-map may put weights on disk")
     gen.add_argument("--policy", default="linear", choices=sorted(POLICIES))
     gen.add_argument("--budget", default=CacheSettings.budget, help="'1/6', '0.25', '4 lines' or 'full'")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
@@ -106,7 +119,8 @@ def _generate(args: argparse.Namespace) -> dict:
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}.")
     settings = _settings(args, args.policy, args.budget)
-    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads, args.device_map)
+    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads, args.device_map,
+                             args.offload_folder)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     if isinstance(pipeline, TextToImagePipeline):
         if not args.prompt:

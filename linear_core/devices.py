@@ -23,3 +23,17 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"Unknown dtype {name!r}; use one of {', '.join(DTYPES)}.") from None
+
+
+def name_offload_devices(model: torch.nn.Module) -> None:
+    """Give accelerate's disk-offload readers their device as a string.
+
+    accelerate 1.15 hands ``safetensors.safe_open`` the main device as a ``torch.device``, which
+    safetensors 0.8 rejects ("device device(type='cpu') is invalid") at the first forward of a
+    layer whose weights stayed on disk; the same device as a string is accepted.
+    """
+    for module in model.modules():
+        weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        reader = getattr(weights, "dataset", weights)  # a PrefixedDataset wraps the loader
+        if isinstance(getattr(reader, "device", None), torch.device):
+            reader.device = str(reader.device)

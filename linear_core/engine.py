@@ -28,18 +28,20 @@ class GenerationInterrupted(RuntimeError):
     """Raised when the interrupt callback asks to stop; the caches are already freed."""
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work so that wall-clock timings mean something."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+def synchronize(devices: list[torch.device]) -> None:
+    """Wait for queued work on every device so that wall-clock timings mean something."""
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
 
 
 def build_stream(geometry: CacheGeometry, policy: EvictionPolicy, layout: LineLayout, rows: int, compresses: bool,
                  device: torch.device | str | None = None) -> Stream:
-    """The preallocated cache (and query buffer, for policies that score with queries) of ``rows`` rows."""
-    g, device = geometry, device or geometry.device
+    """The preallocated cache (and query buffer, for policies that score with queries) of ``rows``
+    rows, each layer's part on that layer's device unless ``device`` overrides all of them."""
+    g, device = geometry, device or geometry.layer_devices
     if not compresses:
         layout = layout.with_budget(1.0)
     cache = LineARCache(layout, rows, g.num_layers, g.kv_heads, g.head_dim, g.dtype, device,
@@ -147,12 +149,12 @@ class DecodeSession:
         return self.guidance.combine(*logits)
 
     def _boundary(self) -> None:
-        device = self.geometry.device
-        synchronize(device)
+        devices = self.geometry.devices
+        synchronize(devices)
         t0 = time.perf_counter()
         if self.compressor.boundary(self.streams):
             self.compressions += 1
-        synchronize(device)
+        synchronize(devices)
         self.compression_s += time.perf_counter() - t0
 
     # -- accounting ------------------------------------------------------------------------
@@ -178,7 +180,8 @@ class DecodeSession:
         cond_rows = self.guidance.row_pairs(self.batch)[0] if self.guidance.batched_rows == 2 else torch.arange(self.batch)
         maps = torch.zeros(len(cache.layers), self.batch, self.layout.image_tokens)
         for layer_idx in range(len(cache.layers)):
-            held = cache.kept_image_indices(layer_idx)[cond_rows.to(self.geometry.device)].cpu().flatten(1)
+            held = cache.kept_image_indices(layer_idx)
+            held = held[cond_rows.to(held.device)].cpu().flatten(1)
             maps[layer_idx].scatter_add_(1, held, torch.ones(held.shape))
         maps /= cache.layers[0].keys.shape[1]
         return maps.half()
@@ -251,16 +254,16 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
     end-of-line tokens, vocabulary restrictions). The caches are freed when this returns or raises.
     """
     session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed)
-    device, lay = session.geometry.device, session.layout
-    generator = make_generator(seed, device)
-    tokens = torch.zeros(session.batch, lay.image_tokens, dtype=torch.long, device=device)
+    devices, lay = session.geometry.devices, session.layout
+    tokens = torch.zeros(session.batch, lay.image_tokens, dtype=torch.long, device=session.geometry.device)
     line_seconds: list[float] = []
     try:
-        synchronize(device)
+        synchronize(devices)
         t0 = time.perf_counter()
         logits = session.prefill()
-        synchronize(device)
+        synchronize(devices)
         prefill_s = time.perf_counter() - t0
+        generator = make_generator(seed, logits.device)  # the head's device: draws happen where logits are
         line_start = t_decode = time.perf_counter()
         for i in range(lay.image_tokens):
             step_logits = constrain(logits, i) if constrain is not None else logits
@@ -273,13 +276,13 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
             if i + 1 < lay.image_tokens:
                 logits = session.feed(tokens[:, i:i + 1])[:, -1]
             if lay.is_line_end(i):
-                synchronize(device)
+                synchronize(devices)
                 now = time.perf_counter()
                 line_seconds.append(now - line_start)
                 line_start = now
                 if callbacks.on_preview is not None and (line + 1) % max(1, callbacks.preview_every_lines) == 0:
                     callbacks.on_preview(tokens[:, : i + 1], line)
-        synchronize(device)
+        synchronize(devices)
         decode_s = time.perf_counter() - t_decode
         stats = GenerationStats(
             policy=settings.policy, budget_tokens=lay.budget_tokens, image_tokens=lay.image_tokens,

@@ -58,11 +58,11 @@ def bench_vs_transformers(arch: str = "janus-pro-1b", layers: int | None = 4, ba
 
     def transformers_run() -> tuple[float, torch.Tensor]:
         torch.manual_seed(seed)
-        synchronize(torch.device(device))
+        synchronize([torch.device(device)])
         start = time.perf_counter()
         tokens = model.generate(ids, attention_mask=torch.ones_like(ids), generation_mode="image", do_sample=True,
                                 guidance_scale=cfg, num_return_sequences=batch, top_k=0)  # its default is 50
-        synchronize(torch.device(device))
+        synchronize([torch.device(device)])
         return time.perf_counter() - start, tokens
 
     def engine_run(settings: CacheSettings):

@@ -184,10 +184,12 @@ def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> C
 
 def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, grid: int | None = None,
                   dtype: str | torch.dtype = "fp32", device: str | torch.device | None = None,
-                  heads: int | None = None, device_map: str | dict | None = None) -> ImagePipeline:
+                  heads: int | None = None, device_map: str | dict | None = None,
+                  offload_folder: str | Path | None = None) -> ImagePipeline:
     """Load a built-in name (``demo-digits``), a demo-format folder, a LlamaGen GPT file + VQ file,
     or a Janus-Pro folder (→ `TextToImagePipeline`). ``grid`` / ``heads`` are needed only for files
-    whose name or width does not tell them; ``device_map`` (accelerate) only applies to Janus."""
+    whose name or width does not tell them; ``device_map`` (accelerate, with ``offload_folder`` for
+    weights it puts on disk) only applies to Janus."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
@@ -198,7 +200,7 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
             from .families.janus import load_janus
             from .text_pipeline import TextToImagePipeline
 
-            return TextToImagePipeline(path.name, "janus-pro", load_janus(path, dtype, device, device_map))
+            return TextToImagePipeline(path.name, "janus-pro", load_janus(path, dtype, device, device_map, offload_folder))
         found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
         raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r}, LlamaGen c2i_*.pt / "
                          ".safetensors files and Janus-Pro folders (Lumina-mGPT folders are not supported yet).")

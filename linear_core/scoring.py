@@ -13,18 +13,22 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .cache import Devices, per_layer
+
 ATTENTION_NAME = "linear_ar"
 CAPTURE_KWARG = "linear_ar_queries"
 
 
 class LineQueryBuffer:
-    """Preallocated post-RoPE queries of the last ``window`` tokens of the current line, per layer."""
+    """Preallocated post-RoPE queries of the last ``window`` tokens of the current line, per layer
+    (each on its layer's device)."""
 
     def __init__(self, num_layers: int, rows: int, q_heads: int, head_dim: int, line_tokens: int,
-                 window: int, dtype: torch.dtype, device: torch.device) -> None:
+                 window: int, dtype: torch.dtype, device: Devices) -> None:
         self.window = min(window, line_tokens)
         self.line_tokens = line_tokens
-        self.queries = torch.zeros(num_layers, rows, q_heads, self.window, head_dim, dtype=dtype, device=device)
+        self.queries = [torch.zeros(rows, q_heads, self.window, head_dim, dtype=dtype, device=layer_device)
+                        for layer_device in per_layer(device, num_layers)]
         self.scaling = [1.0] * num_layers
         self.line_pos = 0  # tokens of the current line fed so far (advanced by the engine)
 
@@ -34,7 +38,7 @@ class LineQueryBuffer:
         start, end = self.line_pos, self.line_pos + q
         lo = max(start, first_kept)
         if lo < end:
-            self.queries[layer_idx, :, :, lo - first_kept:end - first_kept] = query[:, :, lo - start:]
+            self.queries[layer_idx][:, :, lo - first_kept:end - first_kept] = query[:, :, lo - start:]
         self.scaling[layer_idx] = scaling
 
     def advance(self, q: int) -> None:
@@ -45,7 +49,7 @@ class LineQueryBuffer:
 
     @property
     def allocated_bytes(self) -> int:
-        return self.queries.numel() * self.queries.element_size()
+        return sum(q.numel() * q.element_size() for q in self.queries)
 
 
 def _linear_ar_attention(module, query, key, value, attention_mask, **kwargs):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adapter import execution_device
 from .engine import Callbacks, generate, planned_cache_bytes
 from .families.janus import JanusImageModel
 from .layout import LineLayout
@@ -39,7 +40,7 @@ class TextToImagePipeline(ImagePipeline):
 
     @property
     def device(self) -> torch.device:
-        return self.model.backbone.embed_tokens.weight.device
+        return execution_device(self.model.backbone.embed_tokens)
 
     def memory_required(self, batch: int, settings: CacheSettings = CacheSettings(), cfg: float | None = None,
                         prompt: str = "", negative_prompt: str = "") -> int:

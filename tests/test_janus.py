@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, JanusForConditionalGeneration
 from conftest import DEVICE
 from janus_files import write_deepseek_janus, write_native_janus
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
+from linear_core.adapter import CacheGeometry
 from linear_core.families.janus import PRO_TEMPLATE, load_janus
 from linear_core.pipeline import load_pipeline
 from linear_core.text_pipeline import TextToImagePipeline
@@ -122,13 +123,18 @@ def test_cli_generates_from_a_prompt(tmp_path, native):
     out = tmp_path / "fox.png"
     run = lambda *args: subprocess.run([sys.executable, "-m", "linear_core", "generate", "--model", str(native),  # noqa: E731
                                         *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    result = run("--prompt", PROMPT, "--batch", "2", "--budget", "1/4", "--out", str(out), "--json")
+    offload = json.dumps(_spread_map([DEVICE, "disk"]), default=str)  # a JSON map with one layer on disk
+    result = run("--prompt", PROMPT, "--batch", "2", "--budget", "1/4", "--out", str(out), "--json",
+                 "--device-map", offload, "--offload-folder", str(tmp_path / "offload"))
     assert result.returncode == 0, result.stderr
+    assert "meta device because they were offloaded to the" in result.stderr  # accelerate says so
     report = json.loads(result.stdout)
     assert report["prompt"] == PROMPT and report["family"] == "janus-pro" and report["batch"] == 2
     assert report["kv_saving"] > 0.5 and out.is_file()
     wrong = run("--label", "7")
     assert wrong.returncode == 2 and "draws from text: give --prompt" in wrong.stderr
+    bad_map = run("--prompt", PROMPT, "--device-map", "{layers: 0")
+    assert bad_map.returncode == 2 and "--device-map is not valid JSON" in bad_map.stderr
 
 
 def test_converted_vq_decodes_like_the_llamagen_vq16_decoder(deepseek):
@@ -154,9 +160,50 @@ def test_accelerate_device_map_loads_both_layouts(native, deepseek):
         assert batch.stats.kv_saving > 0.5 and batch.images.shape[0] == 1
 
 
-def test_a_model_spread_over_devices_is_refused_with_the_fix(native):
+def _spread_map(layer_devices: list) -> dict:
+    """Everything on the test device except the decoder layers, placed one by one."""
+    prefix = "model.language_model."
+    placement = {"lm_head": DEVICE, "model.vision_model": DEVICE, "model.aligner": DEVICE, "model.vqmodel": DEVICE,
+                 "model.generation_embeddings": DEVICE, "model.generation_aligner": DEVICE,
+                 "model.generation_head": DEVICE, prefix + "embed_tokens": DEVICE, prefix + "norm": DEVICE,
+                 prefix + "rotary_emb": DEVICE}
+    placement.update({f"{prefix}layers.{i}": device for i, device in enumerate(layer_devices)})
+    return placement
+
+
+def _tokens(pipeline, policy: str) -> torch.Tensor:
+    batch = pipeline.generate(PROMPT, batch=2, cfg=5.0, settings=CacheSettings(policy, "1/4"), seed=3,
+                              sampling=SamplingConfig(temperature=1.0, top_k=0))
+    return batch.tokens
+
+
+@pytest.mark.parametrize("layout", ["native", "deepseek"])
+def test_a_layer_offloaded_to_disk_computes_and_caches_on_the_execution_device(request, tmp_path, layout):
+    folder = request.getfixturevalue(layout)
+    whole = load_pipeline(folder, device=DEVICE)
+    spread = load_pipeline(folder, device_map=_spread_map([DEVICE, "disk"]), offload_folder=tmp_path)
+    layers = spread.model.backbone.layers
+    assert {p.device.type for p in layers[1].parameters()} == {"meta"}  # really offloaded
+    geometry = CacheGeometry.of(spread.model.backbone)
+    assert geometry.layer_devices[1] == geometry.layer_devices[0] == geometry.device  # brought to the main device
+    assert geometry.device.type == torch.device(DEVICE).type
+    for policy in ("full", "linear"):
+        assert torch.equal(_tokens(spread, policy), _tokens(whole, policy))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_layers_on_two_gpus_keep_their_caches_beside_them(native):
+    spread = load_pipeline(native, device_map=_spread_map(["cuda:0", "cuda:1"]))
+    geometry = CacheGeometry.of(spread.model.backbone)
+    assert geometry.layer_devices == (torch.device("cuda:0"), torch.device("cuda:1"))
+    whole = load_pipeline(native, device="cuda:0")
+    for policy in ("full", "linear"):
+        assert torch.equal(_tokens(spread, policy).cpu(), _tokens(whole, policy).cpu())
+
+
+def test_a_layer_without_weights_or_hook_is_explained(native):
     model = load_janus(native)
-    model.backbone.layers[1].to("meta")  # stands in for a layer on a second GPU
+    model.backbone.layers[1].to("meta")  # what a half-finished load leaves behind
     conditioning, guidance, layout = model.request(PROMPT, "", 1, 5.0)
-    with pytest.raises(ValueError, match="spread over cpu, meta; the LineAR cache needs them on one device"):
+    with pytest.raises(ValueError, match="weights on the meta device and no accelerate hook"):
         DecodeSession(model, conditioning, layout, CacheSettings("full"), guidance)

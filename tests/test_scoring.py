@@ -57,4 +57,4 @@ def test_window_keeps_only_the_last_queries(model):
     for t in range(3, 6):
         buffer.capture(0, queries[:, :, t:t + 1], 1.0)
         buffer.advance(1)
-    assert buffer.queries[0, 0, 0, :, 0].tolist() == [4.0, 5.0]
+    assert buffer.queries[0][0, 0, :, 0].tolist() == [4.0, 5.0]

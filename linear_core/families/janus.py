@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import Conditioning
+from ..adapter import Conditioning, execution_device
+from ..devices import name_offload_devices
 from ..guidance import Guidance
 from ..layout import LineLayout
 
@@ -98,7 +99,7 @@ class JanusImageModel(nn.Module):
     def request_ids(self, ids: list[int], negative: list[int] | None, batch: int,
                     cfg: float) -> tuple[Conditioning, Guidance, LineLayout]:
         """`request` for prompts already tokenised (BOS … ``<begin_of_image>``)."""
-        device = self.backbone.embed_tokens.weight.device
+        device = execution_device(self.backbone.embed_tokens)
         embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
         layout = LineLayout(len(ids), self.grid, self.grid)
         if cfg <= 1.0:
@@ -117,7 +118,7 @@ class JanusImageModel(nn.Module):
         full = tokens.new_zeros(tokens.shape[0], self.image_tokens)
         full[:, :tokens.shape[1]] = tokens
         vq = self.janus.model.vqmodel
-        image = ((vq.decode(full.to(vq.post_quant_conv.weight.device)).float() + 1) / 2).clamp(0, 1)
+        image = ((vq.decode(full.to(execution_device(vq))).float() + 1) / 2).clamp(0, 1)
         if lines < self.grid:
             image[:, :, lines * image.shape[-2] // self.grid:] = 0.5
         return image
@@ -131,10 +132,11 @@ def folder_config(folder: Path) -> dict:
 
 
 def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               device_map: str | dict | None = None) -> JanusImageModel:
+               device_map: str | dict | None = None, offload_folder: str | Path | None = None) -> JanusImageModel:
     """A Janus-Pro folder (transformers-native or DeepSeek's release) with its tokenizer.
-    ``device_map`` (e.g. ``"auto"``) places the weights with accelerate instead of ``device``; the
-    decoder layers must end up on one device, where the cache lives (the engine checks)."""
+    ``device_map`` (``"auto"`` or a module → device dict) places the weights with accelerate instead
+    of ``device``: spread over several GPUs, or partly offloaded to CPU RAM or to ``offload_folder``
+    on disk; each decoder layer's cache then lives on the device that layer computes on."""
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
     from .janus_convert import load_deepseek_janus
@@ -151,10 +153,13 @@ def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: t
         raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
                          f"same release must sit beside the weights): {error}") from None
     if kind == "janus":
-        placement = {"device_map": device_map} if device_map else {"device_map": {"": str(device)}}
+        placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {
+            "device_map": {"": str(device)}}
         model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype, low_cpu_mem_usage=True,
                                                               local_files_only=True, **placement)
     else:
-        model = load_deepseek_janus(folder, config, dtype, device, device_map, tokenizer)
+        model = load_deepseek_janus(folder, config, dtype, device, device_map, tokenizer, offload_folder)
+    if device_map:
+        name_offload_devices(model)
     template = V1_TEMPLATE if "1.3b" in folder.name.lower() else PRO_TEMPLATE
     return JanusImageModel(model.eval(), tokenizer, template).eval()

@@ -150,7 +150,8 @@ def native_config(config: dict, state: dict[str, torch.Tensor], tokenizer) -> Ja
 
 
 def load_deepseek_janus(folder: Path, config: dict, dtype: torch.dtype, device: torch.device | str,
-                        device_map: str | dict | None, tokenizer) -> torch.nn.Module:
+                        device_map: str | dict | None, tokenizer, offload_folder: str | Path | None = None
+                        ) -> torch.nn.Module:
     from accelerate import init_empty_weights
     from transformers import JanusForConditionalGeneration
 
@@ -170,6 +171,8 @@ def load_deepseek_janus(folder: Path, config: dict, dtype: torch.dtype, device: 
     if device_map:
         from accelerate import dispatch_model, infer_auto_device_map
 
-        placement = infer_auto_device_map(model) if device_map == "auto" else device_map
-        model = dispatch_model(model, placement)
+        # whole decoder layers per device: each layer's cache then sits beside its attention
+        placement = (infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+                     if device_map == "auto" else device_map)
+        model = dispatch_model(model, placement, offload_dir=offload_folder)
     return model
