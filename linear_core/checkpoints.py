@@ -6,6 +6,7 @@ it is converted.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -44,6 +45,22 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return unwrap_state_dict(data, path.name), {}
 
 
+def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face-style model folder's weights: ``model.safetensors`` / ``pytorch_model.bin`` or
+    their shards listed in an index JSON (all memory-mapped)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                state.update(read_state_dict(folder / shard)[0])
+            return state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return read_state_dict(folder / name)[0]
+    raise ValueError(f"{folder.name} has no weights (model.safetensors, pytorch_model.bin or a sharded index JSON).")
+
+
 def unwrap_state_dict(data, name: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The tensor dict inside an upstream checkpoint (``{"model": …}``, ``{"module": …}``, …)."""
     if isinstance(data, dict):
@@ -73,7 +90,4 @@ def describe_state_dict(state: dict) -> str:
 def describe_folder_config(config: dict) -> str:
     """Which family an unsupported model folder's ``config.json`` belongs to, for error messages."""
     kind = str(config.get("family") or config.get("model_type") or "").lower()
-    architectures = " ".join(config.get("architectures") or []).lower()
-    if kind == "chameleon" or "chameleon" in architectures:
-        return "Lumina-mGPT (Chameleon)"
     return kind or "an unknown model (no model_type in config.json)"

@@ -32,6 +32,8 @@ def _cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchors", type=int, default=CacheSettings.anchors, help="first image tokens always kept")
     parser.add_argument("--recent-lines", type=int, default=CacheSettings.recent_lines, help="latest lines always kept")
     parser.add_argument("--sinks", type=int, default=CacheSettings.sinks, help="sink tokens of 'streaming'")
+    parser.add_argument("--keep-line-ends", action="store_true",
+                        help="never evict end-of-line tokens (Lumina-mGPT); default: they are scored like the rest")
     parser.add_argument("--head-sharing", default=CacheSettings.head_sharing, choices=("per_head", "shared"))
     parser.add_argument("--cfg-mode", default=CacheSettings.cfg_mode, choices=("independent", "shared_cond", "shared_sum"))
 
@@ -48,13 +50,19 @@ def _device_map(text: str) -> str | dict:
 
 def _settings(args: argparse.Namespace, policy: str = "full", budget: str = "full") -> CacheSettings:
     return CacheSettings(policy=policy, budget=budget, anchors=args.anchors, recent_lines=args.recent_lines,
-                         sinks=args.sinks, head_sharing=args.head_sharing, cfg_mode=args.cfg_mode)
+                         sinks=args.sinks, keep_line_ends=args.keep_line_ends, head_sharing=args.head_sharing,
+                         cfg_mode=args.cfg_mode)
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}), a LlamaGen c2i_*.pt / .safetensors, or a Janus-Pro folder")
-    parser.add_argument("--vq", default=None, help="VQ tokenizer of a LlamaGen model (vq_ds16_c2i.pt)")
+    parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}), a LlamaGen c2i_*.pt / "
+                        ".safetensors, or a Janus-Pro / Lumina-mGPT folder")
+    parser.add_argument("--vq", "--vqgan", dest="vq", default=None,
+                        help="image decoder: LlamaGen's vq_ds16_c2i.pt, or the folder with Chameleon's vqgan.ckpt "
+                             "+ vqgan.yaml for Lumina-mGPT (default: a 'vqgan' folder inside the model folder)")
     parser.add_argument("--grid", type=int, default=None, help="token grid when the file name has no _256/_384/_512")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image size in pixels (16 per token): Lumina-mGPT 512/768/1024, LlamaGen 256/384/512")
     parser.add_argument("--heads", type=int, default=None, help="attention heads, for non-standard LlamaGen widths")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -115,11 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _grid(args: argparse.Namespace) -> int | None:
+    return args.grid or (args.resolution // 16 if args.resolution else None)
+
+
 def _generate(args: argparse.Namespace) -> dict:
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}.")
     settings = _settings(args, args.policy, args.budget)
-    pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads, args.device_map,
+    pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads, args.device_map,
                              args.offload_folder)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     if isinstance(pipeline, TextToImagePipeline):
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             report = _generate(args)
             text = _format_generate(report)
         elif args.command == "fidelity":
-            pipeline = load_pipeline(args.model, args.vq, args.grid, args.dtype, args.device, args.heads)
+            pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads)
             if isinstance(pipeline, TextToImagePipeline):
                 raise ValueError("fidelity measures class-conditional models (demo-digits, LlamaGen) so far.")
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,

@@ -37,3 +37,16 @@ def name_offload_devices(model: torch.nn.Module) -> None:
         reader = getattr(weights, "dataset", weights)  # a PrefixedDataset wraps the loader
         if isinstance(getattr(reader, "device", None), torch.device):
             reader.device = str(reader.device)
+
+
+def dispatch(model: torch.nn.Module, device_map: str | dict, offload_folder: str | None = None) -> torch.nn.Module:
+    """Place a model built in CPU RAM with accelerate: ``"auto"`` (or any string) fills the visible
+    devices in order, a dict is used as given. Decoder layers are never split, so each layer's
+    cache can sit beside its attention."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    placement = device_map if isinstance(device_map, dict) else infer_auto_device_map(
+        model, no_split_module_classes=model._no_split_modules)
+    model = dispatch_model(model, placement, offload_dir=offload_folder)
+    name_offload_devices(model)
+    return model

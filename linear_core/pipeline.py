@@ -116,11 +116,11 @@ class ImagePipeline:
 
     def preview(self, tokens: torch.Tensor) -> torch.Tensor:
         """The first image's finished lines decoded, the rest grey: ``(3, H, W)`` in [0, 1]."""
-        width = self.layout.grid_w
-        lines = tokens.shape[1] // width
-        top = self.decode(tokens[:1, :lines * width]).float().cpu()[0]
-        scale = top.shape[-1] // width
-        image = torch.full((3, self.layout.grid_h * scale, top.shape[-1]), 0.5)
+        layout = self.layout
+        lines = tokens.shape[1] // layout.line_tokens
+        top = self.decode(tokens[:1, :lines * layout.line_tokens]).float().cpu()[0]
+        scale = top.shape[-1] // layout.grid_w
+        image = torch.full((3, layout.grid_h * scale, top.shape[-1]), 0.5)
         image[:, :top.shape[1]] = top
         return image
 
@@ -187,9 +187,10 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
                   heads: int | None = None, device_map: str | dict | None = None,
                   offload_folder: str | Path | None = None) -> ImagePipeline:
     """Load a built-in name (``demo-digits``), a demo-format folder, a LlamaGen GPT file + VQ file,
-    or a Janus-Pro folder (→ `TextToImagePipeline`). ``grid`` / ``heads`` are needed only for files
-    whose name or width does not tell them; ``device_map`` (accelerate, with ``offload_folder`` for
-    weights it puts on disk) only applies to Janus."""
+    or a Janus-Pro / Lumina-mGPT folder (→ `TextToImagePipeline`; ``vq`` is then Lumina's VQGAN and
+    ``grid`` its size in codes). ``grid`` / ``heads`` are needed only where a name or width does not
+    tell them; ``device_map`` (accelerate, with ``offload_folder`` for weights it puts on disk)
+    applies to the text-to-image families."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
@@ -200,10 +201,17 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
             from .families.janus import load_janus
             from .text_pipeline import TextToImagePipeline
 
-            return TextToImagePipeline(path.name, "janus-pro", load_janus(path, dtype, device, device_map, offload_folder))
+            return TextToImagePipeline(path.name, "janus-pro", load_janus(path, dtype, device, device_map,
+                                                                          offload_folder))
+        if config.get("model_type") == "chameleon":
+            from .families.lumina import PATCH, load_lumina
+            from .text_pipeline import LUMINA_DEFAULTS, TextToImagePipeline
+
+            model = load_lumina(path, vq, grid and grid * PATCH, dtype, device, device_map, offload_folder)
+            return TextToImagePipeline(path.name, "lumina-mgpt", model, LUMINA_DEFAULTS)
         found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
         raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r}, LlamaGen c2i_*.pt / "
-                         ".safetensors files and Janus-Pro folders (Lumina-mGPT folders are not supported yet).")
+                         ".safetensors files, Janus-Pro and Lumina-mGPT folders.")
     if not path.is_file():
         choices = ", ".join(BUILTIN_MODELS)
         raise ValueError(f"Model {str(model)!r} not found: give a checkpoint path or a built-in name ({choices}).")

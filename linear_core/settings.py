@@ -11,7 +11,8 @@ from .policies import EvictionPolicy, make_policy
 @dataclass(frozen=True)
 class CacheSettings:
     """Policy and budget of a run. ``anchors`` and ``recent_lines`` apply to the policies that take
-    them (``linear``, ``random``; ``recent_lines`` also ``h2o``); ``sinks`` to ``streaming``.
+    them (``linear``, ``random``; ``recent_lines`` also ``h2o``); ``sinks`` to ``streaming``;
+    ``keep_line_ends`` (``linear``, ``random``) never evicts end-of-line tokens (Lumina-mGPT).
 
     The defaults are the best measured on the trained demo model (``fidelity`` command, README): 8
     anchors beat 0/1/4 at 1/4 and 1/6 (more help where the budget allows them); 2 recent lines beat
@@ -25,6 +26,7 @@ class CacheSettings:
     sinks: int = 4
     head_sharing: HeadSharing = "per_head"
     cfg_mode: CfgMode = "independent"
+    keep_line_ends: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", Budget.parse(self.budget) if self.policy != "full" else Budget(ratio=1.0))
@@ -33,4 +35,5 @@ class CacheSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
     def make_policy(self) -> EvictionPolicy:
-        return make_policy(self.policy, anchors=self.anchors, recent_lines=self.recent_lines, sinks=self.sinks)
+        return make_policy(self.policy, anchors=self.anchors, recent_lines=self.recent_lines, sinks=self.sinks,
+                           keep_line_ends=self.keep_line_ends)

@@ -1,4 +1,9 @@
-"""Text-to-image pipelines (Janus-Pro): prompt → conditioning → engine → decoded images."""
+"""Text-to-image pipelines (Janus-Pro, Lumina-mGPT): prompt → conditioning → engine → decoded images.
+
+A text-to-image family adapter provides ``request(prompt, negative_prompt, batch, cfg)``,
+``decode(tokens)``, ``raster`` (its line layout without prefix), ``vocab`` and, where the
+reference restricts or forces tokens, ``constrain(logits, image_index)``.
+"""
 from __future__ import annotations
 
 import time
@@ -9,7 +14,6 @@ from torch import nn
 
 from .adapter import execution_device
 from .engine import Callbacks, generate, planned_cache_bytes
-from .families.janus import JanusImageModel
 from .layout import LineLayout
 from .pipeline import LOGIT_WORK_BYTES, ImageBatch, ImagePipeline, SamplingDefaults
 from .sampling import SamplingConfig
@@ -17,13 +21,15 @@ from .settings import CacheSettings
 
 #: DeepSeek's Janus-Pro generation script: cfg 5, temperature 1, no top-k / top-p
 JANUS_DEFAULTS = SamplingDefaults(cfg=5.0, temperature=1.0, top_k=0, top_p=1.0)
+#: Lumina-mGPT's image generation: cfg 4 (its README examples), temperature 1, image top-k 2000
+LUMINA_DEFAULTS = SamplingDefaults(cfg=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 
 
 @dataclass
 class TextToImagePipeline(ImagePipeline):
     name: str
-    family: str  # "janus-pro"
-    model: JanusImageModel
+    family: str  # "janus-pro", "lumina-mgpt"
+    model: nn.Module  # a text-to-image family adapter (see the module docstring)
     defaults: SamplingDefaults = JANUS_DEFAULTS
 
     def __post_init__(self) -> None:
@@ -31,12 +37,12 @@ class TextToImagePipeline(ImagePipeline):
 
     def weights(self) -> nn.Module:
         # wrapped: hosts may set attributes such as ``device`` that transformers models make read-only
-        return nn.ModuleDict({"janus": self.model.janus})
+        return nn.ModuleDict({"model": self.model})
 
     @property
     def layout(self) -> LineLayout:
         """The image raster (the prefix length depends on the prompt; see `generate`)."""
-        return LineLayout(0, self.model.grid, self.model.grid)
+        return self.model.raster
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +70,8 @@ class TextToImagePipeline(ImagePipeline):
         sampling = sampling or self.defaults.sampling()
         with torch.inference_mode():
             conditioning, guidance, layout = self.model.request(prompt, negative_prompt, batch, cfg)
-        result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed, callbacks=callbacks)
+        result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed,
+                          constrain=getattr(self.model, "constrain", None), callbacks=callbacks)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,

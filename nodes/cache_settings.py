@@ -39,6 +39,9 @@ class LineARCacheSettings(io.ComfyNode):
                                        "conditional row (or the sum of both) scores highest."),
                 io.Combo.Input("head_sharing", options=["per_head", "shared"], default=DEFAULTS.head_sharing,
                                tooltip="Each KV head keeps its own tokens, or all heads keep the same ones."),
+                io.Boolean.Input("keep_line_ends", default=DEFAULTS.keep_line_ends, optional=True,
+                                 tooltip="Lumina-mGPT: never evict the end-of-line token that closes each row "
+                                         "(linear, random); off = they are scored like every other token."),
             ],
             outputs=[CacheSocket.Output(display_name="cache")],
         )
@@ -53,5 +56,6 @@ class LineARCacheSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy: str, budget: str, anchors: int, recent_lines: int, sinks: int, cfg_mode: str,
-                head_sharing: str) -> io.NodeOutput:
-        return io.NodeOutput(CacheSettings(policy, budget, anchors, recent_lines, sinks, head_sharing, cfg_mode))
+                head_sharing: str, keep_line_ends: bool = DEFAULTS.keep_line_ends) -> io.NodeOutput:
+        return io.NodeOutput(CacheSettings(policy, budget, anchors, recent_lines, sinks, head_sharing, cfg_mode,
+                                           keep_line_ends))

@@ -101,7 +101,7 @@ def test_dropdown_labels_resolve_for_the_right_kind_of_model():
 
 
 @pytest.mark.parametrize("config,family", [
-    ({"model_type": "chameleon", "architectures": ["ChameleonForConditionalGeneration"]}, "Lumina-mGPT"),
+    ({"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"]}, "mllama"),
     ({"model_type": "qwen2"}, "qwen2"),
     ({}, "folder without config.json"),
 ])

@@ -68,6 +68,10 @@ class JanusImageModel(nn.Module):
         return side
 
     @property
+    def raster(self) -> LineLayout:
+        return LineLayout(0, self.grid, self.grid)
+
+    @property
     def vocab(self) -> int:
         return self.janus.model.generation_head.vision_head.out_features
 
@@ -160,6 +164,6 @@ def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: t
     else:
         model = load_deepseek_janus(folder, config, dtype, device, device_map, tokenizer, offload_folder)
     if device_map:
-        name_offload_devices(model)
+        name_offload_devices(model)  # from_pretrained dispatched it
     template = V1_TEMPLATE if "1.3b" in folder.name.lower() else PRO_TEMPLATE
     return JanusImageModel(model.eval(), tokenizer, template).eval()

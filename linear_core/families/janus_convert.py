@@ -9,14 +9,14 @@ model built on the meta device, so a 7B model never needs a second copy in RAM.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoints import read_state_dict
+from ..checkpoints import read_folder_weights
+from ..devices import dispatch
 
 if TYPE_CHECKING:
     from transformers import JanusConfig
@@ -92,21 +92,6 @@ def to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_release_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """``pytorch_model.bin`` / ``model.safetensors``, or their sharded form with an index JSON."""
-    for index_name in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                state.update(read_state_dict(folder / shard)[0])
-            return state
-    for name in ("pytorch_model.bin", "model.safetensors"):
-        if (folder / name).is_file():
-            return read_state_dict(folder / name)[0]
-    raise ValueError(f"{folder.name} has no weights (pytorch_model.bin, model.safetensors or a sharded index).")
-
-
 def native_config(config: dict, state: dict[str, torch.Tensor], tokenizer) -> JanusConfig:
     """`JanusConfig` from DeepSeek's sub-configs, with the architecture details read off the weights."""
     from transformers import JanusConfig
@@ -155,7 +140,7 @@ def load_deepseek_janus(folder: Path, config: dict, dtype: torch.dtype, device: 
     from accelerate import init_empty_weights
     from transformers import JanusForConditionalGeneration
 
-    state = read_release_weights(folder)
+    state = read_folder_weights(folder)
     janus_config = native_config(config, state, tokenizer)
     with init_empty_weights():  # parameters on the meta device, buffers (rotary tables) real
         model = JanusForConditionalGeneration(janus_config)
@@ -169,10 +154,5 @@ def load_deepseek_janus(folder: Path, config: dict, dtype: torch.dtype, device: 
     model.generation_config.update(bos_token_id=janus_config.text_config.bos_token_id,
                                    pad_token_id=janus_config.text_config.pad_token_id)
     if device_map:
-        from accelerate import dispatch_model, infer_auto_device_map
-
-        # whole decoder layers per device: each layer's cache then sits beside its attention
-        placement = (infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
-                     if device_map == "auto" else device_map)
-        model = dispatch_model(model, placement, offload_dir=offload_folder)
+        model = dispatch(model, device_map, offload_folder)
     return model

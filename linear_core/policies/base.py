@@ -46,6 +46,12 @@ class LayerView:
     def is_anchor(self, anchors: int) -> torch.Tensor:
         return self.image_index < anchors
 
+    def is_line_end(self) -> torch.Tensor:
+        """Slots holding an end-of-line token (none when the layout has no such tokens)."""
+        if not self.layout.eol:
+            return torch.zeros_like(self.image_index, dtype=torch.bool)
+        return (self.image_index >= 0) & ((self.image_index + 1) % self.layout.line_tokens == 0)
+
 
 @dataclass
 class EvictionPolicy:
@@ -100,16 +106,25 @@ def mean_line_attention(view: LayerView) -> torch.Tensor:
 @dataclass
 class AnchorsAndLinesPolicy(EvictionPolicy):
     """Protects LineAR's regions: the first ``anchors`` image tokens and the last ``recent_lines``
-    complete lines. Subclasses choose the middle tokens by their ``score``."""
+    complete lines, and with ``keep_line_ends`` every end-of-line token (layouts that have them).
+    Subclasses choose the middle tokens by their ``score``."""
 
     anchors: int = 4
     recent_lines: int = 2
+    keep_line_ends: bool = False
+
+    def _kept_line_ends(self, layout: LineLayout) -> int:
+        """End-of-line tokens of the older lines, at most (the recent lines hold their own)."""
+        return max(0, layout.grid_h - self.recent_lines) if self.keep_line_ends and layout.eol else 0
 
     def protected_tokens(self, layout: LineLayout) -> int:
-        return self.anchors + self.recent_lines * layout.line_tokens
+        return self.anchors + self.recent_lines * layout.line_tokens + self._kept_line_ends(layout)
 
     def describe_protected(self, layout: LineLayout) -> str:
-        return f"{self.anchors} anchors + {self.recent_lines} recent lines x {layout.line_tokens}"
+        ends = self._kept_line_ends(layout)
+        return (f"{self.anchors} anchors + {self.recent_lines} recent lines x {layout.line_tokens}"
+                + (f" + {ends} older end-of-line tokens" if ends else ""))
 
     def protected(self, view: LayerView) -> torch.Tensor:
-        return view.is_anchor(self.anchors) | view.in_recent_lines(self.recent_lines)
+        kept = view.is_anchor(self.anchors) | view.in_recent_lines(self.recent_lines)
+        return kept | view.is_line_end() if self.keep_line_ends else kept

@@ -154,13 +154,13 @@ def test_bad_inputs_give_clear_node_errors_and_the_server_keeps_serving(server):
 
 
 def test_model_folder_of_an_unsupported_family_is_named(server):
-    folder = server.linear_ar_dir / "Lumina-mGPT-7B-768"
+    folder = server.linear_ar_dir / "Qwen2-VL-2B"
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "chameleon"}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     options = server.object_info()["LineAR_ModelLoader"]["input"]["required"]["model"][1]["options"]
-    assert "Lumina-mGPT-7B-768/" in options and "Janus-Pro-1B/" in options
-    entry = server.run(sampler_prompt(model="Lumina-mGPT-7B-768/"))
-    assert "Lumina-mGPT (Chameleon)" in ended_with(entry, "execution_error")["exception_message"]
+    assert "Qwen2-VL-2B/" in options and "Janus-Pro-1B/" in options
+    entry = server.run(sampler_prompt(model="Qwen2-VL-2B/"))
+    assert "Qwen2-VL-2B is a qwen2_vl folder" in ended_with(entry, "execution_error")["exception_message"]
 
 
 def test_a_text_model_in_the_class_sampler_points_to_the_text_sampler(server):

@@ -1,0 +1,233 @@
+"""Lumina-mGPT text-to-image on the engine: transformers' Chameleon decoder as an adapter.
+
+The engine drives ``ChameleonModel`` (not the CausalLM forward, which masks image logits) and
+reads logits from ``lm_head``. An image is written as ``h`` rows of ``w`` image codes plus an
+end-of-line token each, after ``<racm3:break>`` and two size tokens that are teacher-forced; the
+unconditional branch runs on that image segment alone, with its own cache and positions from 0
+(the ``separate`` CFG layout). `constrain` applies the reference's logits rules: image codes only
+inside a row, the end-of-line token forced at each row end. Codes become pixels through our own
+Chameleon VQGAN decoder.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapter import Conditioning, execution_device
+from ..checkpoints import read_folder_weights
+from ..devices import dispatch
+from ..guidance import Guidance
+from ..layout import LineLayout
+
+#: the reference's text-to-image request; the end-of-turn token follows it
+TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
+BEGIN_IMAGE, END_IMAGE, END_OF_LINE, END_OF_TURN = "<racm3:break>", "<eoss>", "<reserved08803>", "<reserved08706>"
+#: VQGAN downsampling: one image code per 16x16 pixels
+PATCH = 16
+#: size tokens count in units of 32 pixels (``<reserved{8800 + n}>``)
+SIZE_UNIT = 32
+
+
+def size_token(pixels: int) -> str:
+    return f"<reserved{8800 + pixels // SIZE_UNIT:05d}>"
+
+
+def check_resolution(pixels: int) -> None:
+    if pixels < SIZE_UNIT or pixels % SIZE_UNIT:
+        raise ValueError(f"Resolution {pixels} px is not a positive multiple of {SIZE_UNIT} (Lumina-mGPT's size "
+                         "tokens count in 32 px): use 512, 768 or 1024, the checkpoints' own sizes.")
+
+
+class LuminaImageModel(nn.Module):
+    """Adapter over a loaded `ChameleonForConditionalGeneration`, its tokenizer and a VQGAN decoder."""
+
+    def __init__(self, model: nn.Module, tokenizer, decoder: nn.Module | None, resolution: int) -> None:
+        super().__init__()
+        check_resolution(resolution)
+        self.chameleon, self.decoder, self.tokenizer = model, decoder, tokenizer
+        self.resolution = resolution
+        vocab = tokenizer.get_vocab()
+        names = (BEGIN_IMAGE, END_IMAGE, END_OF_LINE, END_OF_TURN, size_token(resolution))
+        missing = [name for name in names if name not in vocab]
+        if missing:
+            raise ValueError(f"The tokenizer has no {', '.join(missing)} token: this folder's tokenizer is not "
+                             "Chameleon's / Lumina-mGPT's.")
+        self.boi_id, self.eoi_id, self.eol_id, self.eot_id, self.size_id = (vocab[name] for name in names)
+        mapping = model.model.vocabulary_mapping
+        image_ids = torch.tensor(mapping.image_tokens)
+        if not len(image_ids):
+            raise ValueError("config.json has no IMGIMG entries in its vocabulary_map: not a Chameleon image model.")
+        #: vocabulary id → VQGAN code (-1 outside the image vocabulary)
+        self.register_buffer("code_of", torch.full((model.config.vocab_size,), -1, dtype=torch.long), persistent=False)
+        self.code_of[image_ids] = torch.tensor([mapping.bpe2img[int(i)] for i in image_ids])
+        self.register_buffer("image_vocab", torch.zeros(model.config.vocab_size, dtype=torch.bool), persistent=False)
+        self.image_vocab[image_ids] = True
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.chameleon.model
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // PATCH
+
+    @property
+    def raster(self) -> LineLayout:
+        """Rows of ``grid`` codes plus an end-of-line token (no prefix)."""
+        return LineLayout(0, self.grid, self.grid, eol=True)
+
+    @property
+    def vocab(self) -> int:
+        return self.chameleon.lm_head.out_features
+
+    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_tokens(tokens)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.chameleon.lm_head(hidden).float()
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def image_start_ids(self) -> list[int]:
+        """``<racm3:break>`` and the height and width tokens, teacher-forced before the first row."""
+        return [self.boi_id, self.size_id, self.size_id]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """BOS + the request + end of turn + the image start, as the reference tokenises it."""
+        text = TEMPLATE.format(width=self.resolution, height=self.resolution, prompt=prompt.strip())
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return [self.tokenizer.bos_token_id, *ids, self.eot_id, *self.image_start_ids()]
+
+    def request(self, prompt: str, negative_prompt: str, batch: int, cfg: float) -> tuple[Conditioning, Guidance, LineLayout]:
+        """Conditioning, CFG layout and line layout for ``batch`` images of one prompt. The
+        unconditional stream sees the image start only (or the negative prompt's full request)."""
+        if not prompt.strip():
+            raise ValueError("The prompt is empty: describe the image to generate.")
+        ids = self.prompt_ids(prompt)
+        device = execution_device(self.backbone.embed_tokens)
+        embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
+        layout = LineLayout(len(ids), self.grid, self.grid, eol=True)
+        if cfg <= 1.0:
+            return Conditioning(embed([ids] * batch)), Guidance(cfg, "none"), layout
+        uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
+        return Conditioning(embed([ids] * batch), embed([uncond] * batch)), Guidance(cfg, "separate"), layout
+
+    def constrain(self, logits: torch.Tensor, image_index: int) -> torch.Tensor:
+        """The reference's rules on CFG-mixed logits ``(batch, vocab)`` for raster token ``image_index``:
+        the end-of-line token at a row end, otherwise image codes only."""
+        if (image_index + 1) % (self.grid + 1) == 0:
+            forced = torch.full_like(logits, float("-inf"))
+            forced[:, self.eol_id] = 0.0
+            return forced
+        allowed = self.image_vocab.to(logits.device)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    # -- images ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(batch, n)`` vocabulary ids in raster order, end-of-line tokens included → RGB in [0, 1];
+        unfinished rows (a preview) are painted grey."""
+        if self.decoder is None:
+            raise ValueError("No VQGAN decoder loaded: give the folder with Meta's Chameleon vqgan.ckpt / vqgan.yaml.")
+        line = self.grid + 1
+        rows = tokens.shape[1] // line
+        grid = tokens.new_zeros(tokens.shape[0], self.grid, line)
+        grid.view(tokens.shape[0], -1)[:, :rows * line] = tokens[:, :rows * line]
+        codes = self.code_of.to(tokens.device)[grid[:, :, :self.grid]].clamp(min=0)
+        image = self.decoder(codes.flatten(1), self.grid, self.grid)
+        if rows < self.grid:
+            image[:, :, rows * image.shape[-2] // self.grid:] = 0.5
+        return image
+
+
+def folder_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder.name} has no config.json: give a Lumina-mGPT model folder.")
+    return json.loads(path.read_text())
+
+
+def resolution_from_name(name: str) -> int | None:
+    """``Lumina-mGPT-7B-768`` → 768: the last number that is a size (the checkpoints are trained at one
+    size each and named after it)."""
+    sizes = [int(n) for n in re.findall(r"\d+", name) if int(n) >= 2 * SIZE_UNIT and int(n) % SIZE_UNIT == 0]
+    return sizes[-1] if sizes else None
+
+
+def load_chameleon(folder: Path, config: dict, dtype: torch.dtype, device: torch.device | str,
+                   device_map: str | dict | None, offload_folder: str | Path | None) -> nn.Module:
+    """Build the Chameleon model on the meta device and assign the checkpoint's tensors to it.
+
+    Lumina-mGPT stores each q/k-norm as one ``(1, head_dim)`` row that every head shares; the
+    native model wants ``(heads, head_dim)``, so the row is repeated. The VQ image *encoder* that
+    `ChameleonModel` builds is not in the checkpoint and never used for text-to-image: dropped."""
+    from accelerate import init_empty_weights
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    chameleon_config = ChameleonConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    with init_empty_weights():
+        model = ChameleonForConditionalGeneration(chameleon_config)
+    model.model.vqmodel = None
+    target = "cpu" if device_map else device
+    state = {}
+    for key, tensor in read_folder_weights(folder).items():
+        if key.endswith(("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")):
+            heads = chameleon_config.num_attention_heads if ".q_norm." in key else chameleon_config.num_key_value_heads
+            if tensor.shape[0] != heads:
+                tensor = tensor.repeat_interleave(heads // tensor.shape[0], dim=0)
+        state[key] = tensor.to(device=target, dtype=dtype)
+    if chameleon_config.tie_word_embeddings and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{folder.name} does not match the Chameleon architecture of its config.json: missing "
+                         f"{missing[:4]}, unexpected {unexpected[:4]}.")
+    model.to(device=target).eval()  # the rotary buffers follow the weights
+    return dispatch(model, device_map, offload_folder) if device_map else model
+
+
+def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution: int | None = None,
+                dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                device_map: str | dict | None = None, offload_folder: str | Path | None = None) -> LuminaImageModel:
+    """A Lumina-mGPT folder (config, safetensors single or sharded, tokenizer) plus the Chameleon
+    VQGAN (``vqgan`` folder or file; default: the ``vqgan`` folder or files inside the model folder).
+    ``resolution`` defaults to the size in the folder name."""
+    from transformers import AutoTokenizer
+
+    from ..decoders.chameleon_vqgan import load_chameleon_vqgan
+
+    folder = Path(folder)
+    config = folder_config(folder)
+    if config.get("model_type") != "chameleon":
+        raise ValueError(f"{folder.name} is not a Lumina-mGPT folder (config.json model_type "
+                         f"{config.get('model_type')!r}; expected 'chameleon').")
+    resolution = resolution or resolution_from_name(folder.name)
+    if resolution is None:
+        raise ValueError(f"Cannot tell the resolution of {folder.name}: give it (512, 768 or 1024, the size the "
+                         "checkpoint was trained at).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
+                         f"same release must sit beside the weights): {error}") from None
+    decoder = load_chameleon_vqgan(vqgan or find_vqgan(folder), device=device if not device_map else "cpu")
+    model = load_chameleon(folder, config, dtype, device, device_map, offload_folder)
+    return LuminaImageModel(model, tokenizer, decoder, resolution).eval()
+
+
+def find_vqgan(folder: Path) -> Path:
+    """Where a user who followed the README put Meta's VQGAN: beside or below the model."""
+    for candidate in (folder / "vqgan", folder / "vqgan.ckpt", folder.parent / "chameleon_vqgan",
+                      folder.parent / "vqgan"):
+        if candidate.exists():
+            return candidate
+    raise ValueError(f"No Chameleon VQGAN found for {folder.name}: put Meta's tokenizer/vqgan.ckpt and vqgan.yaml "
+                     "in a 'vqgan' folder inside the model folder (or beside it, as 'chameleon_vqgan'), or pass "
+                     "--vqgan DIR.")

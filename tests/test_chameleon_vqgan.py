@@ -1,0 +1,47 @@
+"""Our Chameleon VQGAN decoder, loaded from tiny checkpoints in Meta's format, against an
+independent float64 decode of the same state dict; shapes, range and the loader's errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chameleon_files import reference_decode, tiny_vqgan_state, write_tiny_vqgan
+from llamagen_files import tiny_vq_state
+from linear_core.decoders.chameleon_vqgan import load_chameleon_vqgan
+
+
+@pytest.mark.parametrize("mult,res,attn_levels", [((1, 2), 1, ()), ((1, 1, 2), 2, (2,))])
+def test_decoder_equals_the_functional_reference(tmp_path, mult, res, attn_levels):
+    folder = write_tiny_vqgan(tmp_path / "vqgan", mult=mult, res=res, attn_levels=attn_levels, seed=3)
+    decoder = load_chameleon_vqgan(folder)
+    codes = torch.randint(0, 64, (2, 3 * 5), generator=torch.Generator().manual_seed(0))
+    image = decoder(codes, 3, 5)
+    scale = 2 ** (len(mult) - 1)
+    assert image.shape == (2, 3, 3 * scale, 5 * scale) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.01
+    state = tiny_vqgan_state(mult=mult, res=res, attn_levels=attn_levels, seed=3)
+    expected = reference_decode(state, codes, 3, 5).float()
+    assert (image - expected).abs().max() < 1e-4
+    assert (decoder(codes.flip(1), 3, 5) - expected).abs().max() > 1e-2  # the codes' order matters
+
+
+def test_the_checkpoint_file_alone_loads_and_bf16_decodes(tmp_path):
+    folder = write_tiny_vqgan(tmp_path / "vqgan", yaml=False)
+    decoder = load_chameleon_vqgan(folder / "vqgan.ckpt", dtype=torch.bfloat16)
+    assert decoder.codebook_size == 64
+    image = decoder(torch.zeros(1, 16, dtype=torch.long), 4, 4)
+    assert image.dtype == torch.float32 and image.isfinite().all()
+
+
+def test_wrong_files_and_folders_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="vqgan.ckpt and vqgan.yaml"):
+        load_chameleon_vqgan(tmp_path / "missing")
+    folder = write_tiny_vqgan(tmp_path / "vqgan")
+    yaml = folder / "vqgan.yaml"
+    yaml.write_text(yaml.read_text().replace("n_embed: 64", "n_embed: 8192"))
+    with pytest.raises(ValueError, match="n_embed: yaml 8192, weights 64"):
+        load_chameleon_vqgan(folder)
+    llamagen = tmp_path / "vq_ds16_c2i.pt"
+    torch.save({"model": tiny_vq_state()}, llamagen)
+    with pytest.raises(ValueError, match="LlamaGen's VQ-16 tokenizer"):
+        load_chameleon_vqgan(llamagen)

@@ -1,0 +1,215 @@
+"""Lumina-mGPT folders through the real loaders: prompt and raster layout, logits rules, the full
+policy against transformers' own Chameleon decoding step by step, eviction exactness with
+end-of-line lines, formats, errors and the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import DEVICE
+from lumina_files import HEADS, KV_HEADS, RESOLUTION, reference_model, write_lumina
+from linear_core import CacheSettings, DecodeSession, SamplingConfig
+from linear_core.families.lumina import LuminaImageModel, load_lumina
+from linear_core.pipeline import load_pipeline
+from linear_core.sampling import make_generator, sample
+from test_exactness import assert_matches_masked_reference, feed_and_record
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a red fox in the snow"
+GRID = RESOLUTION // 16
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_lumina(tmp_path_factory.mktemp("lumina") / f"Lumina-mGPT-tiny-{RESOLUTION}")
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return load_lumina(folder, dtype=torch.float32, device=DEVICE)
+
+
+def test_prompt_is_the_reference_request_then_the_image_start(model):
+    ids = model.prompt_ids(PROMPT)
+    tokenizer = model.tokenizer
+    assert ids[0] == tokenizer.bos_token_id
+    text = tokenizer.decode(ids[1:-4])
+    assert text == f"Generate an image of {RESOLUTION}x{RESOLUTION} according to the following prompt:\n{PROMPT}"
+    names = tokenizer.convert_ids_to_tokens(ids[-4:])
+    assert names == ["<reserved08706>", "<racm3:break>", "<reserved08804>", "<reserved08804>"]  # 128 px = 4 x 32
+
+
+@pytest.mark.parametrize("resolution,tokens", [(512, 1056), (768, 2352), (1024, 4160)])
+def test_rows_end_with_an_end_of_line_token_at_every_resolution(model, resolution, tokens):
+    sized = LuminaImageModel(model.chameleon, model.tokenizer, None, resolution)
+    raster = sized.raster
+    assert raster.image_tokens == tokens and raster.line_tokens == resolution // 16 + 1
+    ends = [i for i in range(raster.image_tokens) if raster.is_line_end(i)]
+    assert ends == list(range(resolution // 16, tokens, resolution // 16 + 1))
+    assert model.tokenizer.convert_ids_to_tokens(sized.size_id) == f"<reserved{8800 + resolution // 32:05d}>"
+
+
+def test_unsupported_resolutions_are_explained(model):
+    for pixels in (100, 0):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            LuminaImageModel(model.chameleon, model.tokenizer, None, pixels)
+    with pytest.raises(ValueError, match="no <reserved08840> token"):  # 1280 px: no size token in this vocabulary
+        LuminaImageModel(model.chameleon, model.tokenizer, None, 1280)
+
+
+def test_logits_rules_force_line_ends_and_keep_image_codes_inside_rows(model):
+    logits = torch.randn(2, model.vocab)
+    forced = model.constrain(logits, GRID)  # the first row's end
+    assert torch.equal(forced.argmax(-1), torch.full((2,), model.eol_id))
+    assert torch.isinf(forced).sum() == 2 * (model.vocab - 1)
+    inside = model.constrain(logits, 3)
+    allowed = torch.isfinite(inside[0]).nonzero().flatten().tolist()
+    image_ids = sorted(i for name, i in model.config.vocabulary_map.items() if name.startswith("IMGIMG"))
+    assert allowed == image_ids
+
+
+def reference_tokens(folder_model, batch: int, cfg: float, seed: int, top_k: int) -> torch.Tensor:
+    """transformers' Chameleon decoding with its own DynamicCache: the conditional request and the
+    unconditional image start each in their own cache, ``u + cfg (c - u)``, the rules applied by
+    hand from the vocabulary map, one token per step."""
+    ref = reference_model().to(DEVICE)
+    config = ref.config
+    image_ids = torch.tensor(sorted(i for name, i in config.vocabulary_map.items() if name.startswith("IMGIMG")))
+    vocab = folder_model.tokenizer.get_vocab()
+    eol, boi, size = vocab["<reserved08803>"], vocab["<racm3:break>"], vocab["<reserved08804>"]
+    cond_ids = torch.tensor([folder_model.prompt_ids(PROMPT)] * batch, device=DEVICE)
+    uncond_ids = torch.tensor([[boi, size, size]] * batch, device=DEVICE)
+    caches = [DynamicCache(config=config), DynamicCache(config=config)]
+    generator = make_generator(seed, torch.device(DEVICE))
+    sampling = SamplingConfig(temperature=1.0, top_k=top_k)
+    out = []
+    with torch.inference_mode():
+        inputs = [cond_ids, uncond_ids]
+        for t in range(GRID * (GRID + 1)):
+            last = [ref.lm_head(ref.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1])
+                    .float() for ids, cache in zip(inputs, caches)]
+            logits = last[1] + cfg * (last[0] - last[1])
+            rule = torch.full_like(logits, float("-inf"))
+            if (t + 1) % (GRID + 1) == 0:
+                rule[:, eol] = 0
+            else:
+                rule[:, image_ids] = 0
+            token = sample(logits + rule, sampling, generator)
+            out.append(token)
+            inputs = [token[:, None], token[:, None]]
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("cfg,top_k", [(4.0, 2000), (2.5, 5)])
+def test_full_policy_gives_the_reference_tokens(folder, cfg, top_k):
+    pipeline = load_pipeline(folder, dtype="fp32", device=DEVICE)
+    ours = pipeline.generate(PROMPT, batch=2, settings=CacheSettings("full"), cfg=cfg,
+                             sampling=SamplingConfig(temperature=1.0, top_k=top_k), seed=5)
+    assert torch.equal(ours.tokens, reference_tokens(pipeline.model, 2, cfg, 5, top_k).cpu())
+    assert ours.images.shape[:2] == (2, 3) and 0 <= ours.images.min() and ours.images.max() <= 1
+
+
+def test_linear_run_keeps_the_layout_and_saves_memory(folder):
+    pipeline = load_pipeline(folder, dtype="fp32", device=DEVICE)
+    batch = pipeline.generate(PROMPT, batch=2, settings=CacheSettings("linear", "1/4", anchors=2, recent_lines=1), seed=1)
+    tokens, model = batch.tokens, pipeline.model
+    line_ends = tokens[:, GRID::GRID + 1]
+    assert line_ends.shape[1] == GRID and bool((line_ends == model.eol_id).all())
+    codes = tokens.view(2, GRID, GRID + 1)[:, :, :GRID]
+    assert bool(model.image_vocab[codes].all())
+    assert batch.stats.kv_saving > 0.5 and batch.stats.compressions > 0
+    assert batch.images.shape[0] == 2 and batch.images.shape[-1] == batch.images.shape[-2]
+
+
+@pytest.mark.parametrize("policy,chunk,keep_ends,negative", [("linear", 1, False, ""), ("linear", 3, True, ""),
+                                                             ("h2o", 1, False, "blurry")])
+def test_logits_equal_masked_full_forward_with_end_of_line_lines(model, policy, chunk, keep_ends, negative):
+    conditioning, guidance, layout = model.request(PROMPT, negative, 2, 4.0)
+    assert layout.eol and guidance.layout == "separate"
+    settings = CacheSettings(policy, budget="3 lines", anchors=2, recent_lines=1, keep_line_ends=keep_ends)
+    tokens = torch.randint(0, model.vocab, (2, layout.image_tokens), generator=torch.Generator().manual_seed(3))
+    assert_matches_masked_reference(model, conditioning, layout, settings, guidance, tokens.to(DEVICE), chunk)
+
+
+def test_kept_line_ends_are_never_evicted(model):
+    conditioning, guidance, layout = model.request(PROMPT, "", 1, 4.0)
+    settings = CacheSettings("linear", budget="3 lines", anchors=2, recent_lines=1, keep_line_ends=True)
+    session = DecodeSession(model, conditioning, layout, settings, guidance)
+    tokens = torch.randint(0, model.vocab, (1, layout.image_tokens - 1), generator=torch.Generator().manual_seed(4))
+    try:
+        feed_and_record(session, tokens.to(DEVICE), 1)
+        assert session.compressions > 0
+        ends = {i for i in range(tokens.shape[1]) if layout.is_line_end(i)}
+        for cache in session.caches:
+            for layer in range(len(cache.layers)):
+                held = cache.kept_image_indices(layer)
+                for row_head in held.flatten(0, 1).tolist():
+                    assert ends <= set(row_head)
+    finally:
+        session.close()
+
+
+def test_shared_qk_norm_rows_become_per_head_and_shards_load(tmp_path, folder):
+    sharded = load_lumina(write_lumina(tmp_path / "Lumina-mGPT-7B-768", shards=True), resolution=RESOLUTION,
+                          dtype=torch.float32)
+    attention = sharded.backbone.layers[0].self_attn
+    assert attention.q_norm.weight.shape == (HEADS, 16) and attention.k_norm.weight.shape == (KV_HEADS, 16)
+    assert bool((attention.q_norm.weight == attention.q_norm.weight[:1]).all())
+    assert sharded.resolution == RESOLUTION  # given beats the name's 768
+    reference = reference_model()
+    ids = torch.tensor([sharded.prompt_ids(PROMPT)])
+    with torch.inference_mode():
+        ours = sharded.image_logits(sharded.backbone(input_ids=ids).last_hidden_state)
+        theirs = reference.lm_head(reference.model(input_ids=ids).last_hidden_state)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    half = load_pipeline(folder, dtype="bf16", device=DEVICE)
+    assert half.model.backbone.embed_tokens.weight.dtype == torch.bfloat16
+    assert half.generate(PROMPT, batch=1, settings=CacheSettings("linear", "1/4", anchors=2, recent_lines=1),
+                         seed=2).images.isfinite().all()
+
+
+def test_a_layer_offloaded_to_disk_gives_the_same_tokens(tmp_path, folder):
+    placement = {"model.embed_tokens": DEVICE, "model.norm": DEVICE, "model.rotary_emb": DEVICE, "lm_head": DEVICE,
+                 "model.layers.0": DEVICE, "model.layers.1": "disk"}
+    spread = load_pipeline(folder, dtype="fp32", device_map=placement, offload_folder=tmp_path)
+    assert {p.device.type for p in spread.model.backbone.layers[1].parameters()} == {"meta"}
+    whole = load_pipeline(folder, dtype="fp32", device=DEVICE)
+    settings = CacheSettings("linear", "1/4", anchors=2, recent_lines=1)
+    runs = [p.generate(PROMPT, batch=1, settings=settings, seed=4).tokens for p in (spread, whole)]
+    assert torch.equal(*runs)
+
+
+def test_wrong_or_incomplete_folders_are_explained(tmp_path, folder):
+    bare = write_lumina(tmp_path / "Lumina-mGPT-7B-512", vqgan=False)
+    with pytest.raises(ValueError, match="No Chameleon VQGAN found .*tokenizer/vqgan.ckpt and vqgan.yaml"):
+        load_lumina(bare)
+    with pytest.raises(ValueError, match="Cannot tell the resolution"):
+        load_lumina(write_lumina(tmp_path / "lumina-no-size"))
+    no_tokenizer = write_lumina(tmp_path / "Lumina-mGPT-7B-768")
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match="no usable tokenizer"):
+        load_lumina(no_tokenizer)
+    other = tmp_path / "not-lumina"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a Lumina-mGPT folder"):
+        load_lumina(other)
+
+
+def test_cli_generates_with_a_vqgan_and_a_resolution(tmp_path, folder):
+    out = tmp_path / "fox.png"
+    result = subprocess.run([sys.executable, "-m", "linear_core", "generate", "--model", str(folder), "--vqgan",
+                             str(folder / "vqgan"), "--prompt", PROMPT, "--resolution", str(RESOLUTION),
+                             "--budget", "1/4", "--anchors", "2", "--recent-lines", "1", "--keep-line-ends",
+                             "--out", str(out), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["family"] == "lumina-mgpt" and report["image_tokens"] == GRID * (GRID + 1)
+    assert report["kv_saving"] > 0.5 and out.is_file()
