@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(fid)
     fid.add_argument("--budget", default="1/4")
     fid.add_argument("--policies", type=_policies, default=("linear", "streaming", "h2o", "rkv", "random"))
-    fid.add_argument("--sequences", type=int, default=40, help="sequences, spread over all classes")
+    fid.add_argument("--sequences", type=int, default=40, help="sequences, spread over all classes (or prompts)")
+    fid.add_argument("--prompt", action="append", default=None,
+                     help="text-to-image models: a prompt to sample; repeat for several, one per --chunk")
     fid.add_argument("--chunk", type=int, default=20, help="sequences per forward batch")
     fid.add_argument("--cfg", type=float, default=None)
     fid.add_argument("--seed", type=int, default=0)
@@ -158,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             text = _format_generate(report)
         elif args.command == "fidelity":
             pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads)
-            if isinstance(pipeline, TextToImagePipeline):
-                raise ValueError("fidelity measures class-conditional models (demo-digits, LlamaGen) so far.")
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
-                                     args.seed, _settings(args))
+                                     args.seed, _settings(args), tuple(args.prompt or ()))
             text = format_fidelity(report)
         elif args.vs_transformers:
             if not args.arch.startswith("janus"):

@@ -1,6 +1,7 @@
 """How close each policy stays to the full cache on a real (trained) model: the `fidelity` command.
 
-Sequences are the model's own full-cache samples, spread evenly over its classes. Each policy is
+Sequences are the model's own full-cache samples, spread evenly over its classes (class models) or
+drawn for the given prompts in turn (text-to-image models, with their logits rules). Each policy is
 then scored by the teacher-forced KL(full ‖ policy) and top-1 agreement on those sequences (the
 same prefix and tokens for both caches) and by the coupled-noise agreement of free-running samples.
 """
@@ -12,8 +13,9 @@ import torch
 
 from .engine import generate
 from .metrics import FULL, coupled_agreement, teacher_forced
-from .pipeline import ClassConditionalPipeline
+from .pipeline import ClassConditionalPipeline, ImagePipeline
 from .settings import CacheSettings
+from .text_pipeline import TextToImagePipeline
 
 
 def spread_labels(count: int, classes: int) -> list[int]:
@@ -21,30 +23,46 @@ def spread_labels(count: int, classes: int) -> list[int]:
     return [int(i * classes / count) % classes if count < classes else i % classes for i in range(count)]
 
 
+def _class_request(pipeline: ClassConditionalPipeline, labels: list[int], cfg: float):
+    guidance = pipeline.model.guidance(cfg)
+    conditioning = pipeline.model.conditioning(torch.tensor(labels, device=pipeline.device), guidance)
+    return conditioning, guidance, pipeline.layout, None
+
+
+def _text_request(pipeline: TextToImagePipeline, prompt: str, count: int, cfg: float):
+    conditioning, guidance, layout = pipeline.model.request(prompt, "", count, cfg)
+    return conditioning, guidance, layout, getattr(pipeline.model, "constrain", None)
+
+
 @torch.inference_mode()
-def fidelity_report(pipeline: ClassConditionalPipeline, policies: tuple[str, ...], budget: str = "1/4",
+def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: str = "1/4",
                     sequences: int = 40, batch: int = 20, cfg: float | None = None, seed: int = 0,
-                    base: CacheSettings = CacheSettings()) -> dict:
+                    base: CacheSettings = CacheSettings(), prompts: tuple[str, ...] = ()) -> dict:
     model, layout = pipeline.model, pipeline.layout
     cfg = pipeline.defaults.cfg if cfg is None else cfg
-    guidance, sampling = model.guidance(cfg), pipeline.defaults.sampling()
-    labels = spread_labels(sequences, len(pipeline.class_names))
+    sampling = pipeline.defaults.sampling()
     plans = {policy: replace(base, policy=policy, budget=budget) for policy in policies}
     for settings in plans.values():
         settings.make_policy().validate(layout.with_budget(settings.budget))  # fail before any work
+    text = isinstance(pipeline, TextToImagePipeline)
+    if text and not prompts:
+        raise ValueError(f"{pipeline.name} draws from text: give the prompts to sample (--prompt, repeatable).")
+    labels = [] if text else spread_labels(sequences, len(pipeline.class_names))
     sums = {p: {"kl": 0.0, "top1": 0.0, "coupled": 0.0, "kl_lines": torch.zeros(layout.grid_h)} for p in plans}
-    for start in range(0, sequences, batch):
-        chunk = labels[start:start + batch]
+    for index, start in enumerate(range(0, sequences, batch)):
+        count = min(batch, sequences - start)
         chunk_seed = seed + start
-        conditioning = model.conditioning(torch.tensor(chunk, device=pipeline.device), guidance)
-        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed).tokens
+        conditioning, guidance, layout, constrain = (
+            _text_request(pipeline, prompts[index % len(prompts)], count, cfg) if text
+            else _class_request(pipeline, labels[start:start + count], cfg))
+        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, constrain=constrain).tokens
         coupled_ref = None
         for policy, settings in plans.items():
-            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance)
+            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, constrain)
             coupled = coupled_agreement(model, conditioning, layout, settings, guidance, sampling, chunk_seed,
-                                        reference=coupled_ref)
+                                        reference=coupled_ref, constrain=constrain)
             coupled_ref = coupled.full_tokens
-            weight = len(chunk) / sequences
+            weight = count / sequences
             sums[policy]["kl"] += forced.kl_mean * weight
             sums[policy]["top1"] += forced.top1_agreement * weight
             sums[policy]["coupled"] += coupled.agreement * weight
@@ -53,6 +71,7 @@ def fidelity_report(pipeline: ClassConditionalPipeline, policies: tuple[str, ...
     return {
         "model": pipeline.name, "budget": str(budget), "budget_tokens": budget_tokens,
         "image_tokens": layout.image_tokens, "n_sequences": sequences, "cfg": cfg, "seed": seed,
+        "keep_line_ends": base.keep_line_ends, **({"prompts": list(prompts)} if prompts else {}),
         "results": {p: {"kl_mean": s["kl"], "top1_agreement": s["top1"], "coupled_agreement": s["coupled"],
                         "kl_per_line": [round(v, 6) for v in s["kl_lines"].tolist()]} for p, s in sums.items()},
     }

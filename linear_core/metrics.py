@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -47,11 +48,23 @@ def _compare(full: torch.Tensor, comp: torch.Tensor) -> tuple[torch.Tensor, torc
     return kl, full.argmax(-1) == comp.argmax(-1)
 
 
+Constrain = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _apply_rules(constrain: Constrain | None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``(batch, q, vocab)`` logits of image tokens ``first…first+q-1`` with the rules applied."""
+    if constrain is None:
+        return lambda logits, first: logits
+    return lambda logits, first: torch.stack([constrain(logits[:, t], first + t) for t in range(logits.shape[1])], 1)
+
+
 @torch.inference_mode()
 def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
-                   tokens: torch.Tensor, settings: CacheSettings,
-                   guidance: Guidance = Guidance(1.0, "none")) -> TeacherForcedReport:
-    """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``."""
+                   tokens: torch.Tensor, settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
+                   constrain: Constrain | None = None) -> TeacherForcedReport:
+    """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``; with ``constrain`` (a
+    family's logits rules) the distributions compared are the ones sampling would draw from."""
+    rule = _apply_rules(constrain)
     layout.check_sequence(conditioning.prefix.shape[1], tokens.shape[1])
     full = DecodeSession(adapter, conditioning, layout, FULL, guidance)
     comp = DecodeSession(adapter, conditioning, layout, settings, guidance)
@@ -59,11 +72,11 @@ def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layou
     tokens = tokens.to(full.geometry.device)
     kls, agree = [], []
     try:
-        kl, same = _compare(full.prefill(), comp.prefill())
-        kls.append(kl[:, None]), agree.append(same[:, None])
+        kl, same = _compare(*(rule(s.prefill()[:, None], 0) for s in (full, comp)))
+        kls.append(kl), agree.append(same)
         for start in range(0, n - 1, width):
             chunk = tokens[:, start:min(start + width, n - 1)]
-            kl, same = _compare(full.feed(chunk), comp.feed(chunk))
+            kl, same = _compare(*(rule(s.feed(chunk), start + 1) for s in (full, comp)))
             kls.append(kl), agree.append(same)
     finally:
         full.close(), comp.close()
@@ -81,13 +94,15 @@ class CoupledReport:
 def coupled_agreement(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                       settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                      reference: torch.Tensor | None = None) -> CoupledReport:
+                      reference: torch.Tensor | None = None, constrain: Constrain | None = None) -> CoupledReport:
     """Free-running agreement of ``settings`` with the full cache under shared Gumbel noise.
     ``reference``: the full cache's tokens from an earlier call with the same arguments (reused
     when several policies are compared)."""
     coupled = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, draw="gumbel")
-    ref = reference.cpu() if reference is not None else generate(adapter, conditioning, layout, FULL, guidance, coupled, seed).tokens.cpu()
-    out = generate(adapter, conditioning, layout, settings, guidance, coupled, seed).tokens.cpu()
+    run = lambda settings: generate(adapter, conditioning, layout, settings, guidance, coupled, seed,  # noqa: E731
+                                    constrain=constrain).tokens.cpu()
+    ref = reference.cpu() if reference is not None else run(FULL)
+    out = run(settings)
     differs = ref != out
     first = []
     for row in differs:

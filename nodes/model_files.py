@@ -21,7 +21,7 @@ FOLDER = "linear_ar"
 AUTO = "auto"
 DTYPE_CHOICES = [AUTO, "fp32", "bf16", "fp16"]
 DEVICE_CHOICES = [AUTO, "cpu"]
-RESOLUTION_CHOICES = [AUTO, "256", "384", "512"]
+RESOLUTION_CHOICES = [AUTO, "256", "384", "512", "768", "1024"]
 
 
 def register_folder() -> None:

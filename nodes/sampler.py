@@ -137,7 +137,8 @@ class LineARTextSampler(io.ComfyNode):
             node_id="LineAR_TextSampler",
             display_name="LineAR Text Sampler",
             category=CATEGORY,
-            description="Generates images from a prompt token by token with a compressed KV cache (Janus-Pro). "
+            description="Generates images from a prompt token by token with a compressed KV cache (Janus-Pro, "
+                        "Lumina-mGPT). "
                         "Shows progress and a partial preview; Cancel stops at the next token and frees the cache.",
             inputs=[
                 ModelSocket.Input("model"),

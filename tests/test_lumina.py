@@ -16,6 +16,7 @@ from conftest import DEVICE
 from lumina_files import HEADS, KV_HEADS, RESOLUTION, reference_model, write_lumina
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.families.lumina import LuminaImageModel, load_lumina
+from linear_core.fidelity import fidelity_report
 from linear_core.pipeline import load_pipeline
 from linear_core.sampling import make_generator, sample
 from test_exactness import assert_matches_masked_reference, feed_and_record
@@ -213,3 +214,22 @@ def test_cli_generates_with_a_vqgan_and_a_resolution(tmp_path, folder):
     report = json.loads(result.stdout)
     assert report["family"] == "lumina-mgpt" and report["image_tokens"] == GRID * (GRID + 1)
     assert report["kv_saving"] > 0.5 and out.is_file()
+
+
+def test_fidelity_compares_policies_on_prompts_under_the_logits_rules(folder):
+    pipeline = load_pipeline(folder, dtype="fp32", device=DEVICE)
+    report = fidelity_report(pipeline, ("full", "linear"), "3 lines", sequences=2, batch=1,
+                             base=CacheSettings(anchors=2, recent_lines=1), prompts=(PROMPT, "a blue sky"))
+    full, linear = report["results"]["full"], report["results"]["linear"]
+    assert (full["kl_mean"], full["top1_agreement"], full["coupled_agreement"]) == (0.0, 1.0, 1.0)
+    assert linear["kl_mean"] > 0 and linear["coupled_agreement"] < 1
+    assert report["prompts"] == [PROMPT, "a blue sky"] and len(linear["kl_per_line"]) == GRID
+    with pytest.raises(ValueError, match="draws from text"):
+        fidelity_report(pipeline, ("linear",), "3 lines", sequences=1, batch=1)
+
+
+def test_budget_too_small_for_kept_line_ends_names_them(model):
+    conditioning, guidance, layout = model.request(PROMPT, "", 1, 4.0)
+    settings = CacheSettings("linear", budget="1 lines", anchors=2, recent_lines=1, keep_line_ends=True)
+    with pytest.raises(ValueError, match=r"\+ 7 older end-of-line tokens\); raise the budget"):
+        DecodeSession(model, conditioning, layout, settings, guidance)

@@ -217,8 +217,9 @@ def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution:
     except (OSError, ValueError) as error:
         raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
                          f"same release must sit beside the weights): {error}") from None
-    decoder = load_chameleon_vqgan(vqgan or find_vqgan(folder), device=device if not device_map else "cpu")
+    vqgan = vqgan or find_vqgan(folder)  # before the big load: a missing decoder fails fast
     model = load_chameleon(folder, config, dtype, device, device_map, offload_folder)
+    decoder = load_chameleon_vqgan(vqgan, device=execution_device(model.model.embed_tokens))
     return LuminaImageModel(model, tokenizer, decoder, resolution).eval()
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from comfyui_harness import PACK_FOLDER, REPO_ROOT, PromptRejected, sampler_prompt
 from janus_files import write_native_janus
+from lumina_files import write_lumina
 from llamagen_files import tiny_vq_state, upstream_state
 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
@@ -23,6 +24,7 @@ EXPECTED = {
     "linear_ar_llamagen_c2i.json": {"images": (4, 48), "stats": 1},
     "linear_ar_compare_policies.json": {"images": (12, 128), "stats": 3},
     "linear_ar_janus_pro_t2i.json": {"images": (4, 32), "stats": 1},  # 16×16 tokens, the tiny VQ upsamples ×2
+    "linear_ar_lumina_mgpt_t2i.json": {"images": (1, 96), "stats": 1},  # 48×48 codes (+ line ends), VQGAN ×2
 }
 
 
@@ -30,7 +32,7 @@ EXPECTED = {
 def server(comfy_server):
     """The shared server with model files under the names the workflows use: an XL-width (1280, 20
     heads), one-layer LlamaGen GPT at 384 px (24×24 tokens) with a tiny VQ decoder, and a tiny
-    transformers-native Janus-Pro folder (16×16 tokens)."""
+    transformers-native Janus-Pro folder (16×16 tokens) and a tiny Lumina-mGPT folder named for 768 px."""
     folder = comfy_server.linear_ar_dir
     folder.mkdir(parents=True, exist_ok=True)
     gpt = folder / "c2i_XL_384.pt"
@@ -38,6 +40,7 @@ def server(comfy_server):
         torch.save({"model": upstream_state(dim=1280, heads=20, layers=1, classes=1000)}, gpt)
         torch.save({"model": tiny_vq_state()}, folder / "vq_ds16_c2i.pt")
         write_native_janus(folder / "Janus-Pro-1B", grid=16)  # 1/6 of 256 tokens fits 8 anchors + 2 lines
+        write_lumina(folder / "Lumina-mGPT-7B-768")  # tiny weights, the real 768 px layout, VQGAN inside
     return comfy_server
 
 
@@ -164,5 +167,6 @@ def test_model_folder_of_an_unsupported_family_is_named(server):
 
 
 def test_a_text_model_in_the_class_sampler_points_to_the_text_sampler(server):
-    entry = server.run(sampler_prompt(model="Janus-Pro-1B/"))
-    assert "use LineAR Text Sampler" in ended_with(entry, "execution_error")["exception_message"]
+    for model in ("Janus-Pro-1B/", "Lumina-mGPT-7B-768/"):
+        entry = server.run(sampler_prompt(model=model))
+        assert "use LineAR Text Sampler" in ended_with(entry, "execution_error")["exception_message"]
