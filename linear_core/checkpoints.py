@@ -45,6 +45,30 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return unwrap_state_dict(data, path.name), {}
 
 
+def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) -> dict:
+    """A model folder's ``config.json``, refused with the fix when it is not one of ``model_types``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder.name} has no config.json: give a {family} model folder.")
+    config = json.loads(path.read_text())
+    if config.get("model_type") not in model_types:
+        expected = " or ".join(repr(t) for t in model_types)
+        raise ValueError(f"{folder.name} is not a {family} folder (config.json model_type "
+                         f"{config.get('model_type')!r}; expected {expected}).")
+    return config
+
+
+def load_folder_tokenizer(folder: Path):
+    """The tokenizer shipped in a model folder (never downloaded)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
+                         f"same release must sit beside the weights): {error}") from None
+
+
 def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     """A Hugging Face-style model folder's weights: ``model.safetensors`` / ``pytorch_model.bin`` or
     their shards listed in an index JSON (all memory-mapped)."""

@@ -8,6 +8,14 @@ import numpy as np
 import torch
 
 
+def grey_unfinished(image: torch.Tensor, lines: int, grid_h: int) -> torch.Tensor:
+    """Paint the rows below the first ``lines`` of ``grid_h`` token lines grey (in place): a
+    preview decodes placeholder tokens there."""
+    if lines < grid_h:
+        image[:, :, lines * image.shape[-2] // grid_h:] = 0.5
+    return image
+
+
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:
     """``(batch, 3, H, W)`` in [0, 1] → one ``(3, H', W')`` image, row-major, black gaps."""
     batch, channels, height, width = images.shape

@@ -200,6 +200,8 @@ from pathlib import Path
 
 import torch
 
+from tokenizer_files import byte_level_bpe
+
 #: special-token strings (exact characters: U+FF5C "｜" full-width bars, U+2581 "▁" lower one-eighth block)
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
@@ -245,28 +247,13 @@ CHAT_TEMPLATE = (
 # -- tokenizer ---------------------------------------------------------------------------------------
 def build_tokenizer():
     """The tiny byte-level BPE `tokenizers.Tokenizer` (BOS-prepending post-processor included)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
+    from tokenizers import processors
 
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    merges: list[tuple[str, str]] = []
-    for word in _MERGED_WORDS:
-        left = word[0]
-        for char in word[1:]:
-            if left + char not in vocab:
-                merges.append((left, char))
-                vocab[left + char] = len(vocab)
-            left += char
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer = byte_level_bpe(_MERGED_WORDS, SPECIAL_TOKENS, limit=VOCAB_SIZE)
     bos = tokenizer.token_to_id(BOS_TOKEN)
     tokenizer.post_processor = processors.TemplateProcessing(single=f"{BOS_TOKEN}:0 $A:0",
                                                              pair=f"{BOS_TOKEN}:0 $A:0 {BOS_TOKEN}:1 $B:1",
                                                              special_tokens=[(BOS_TOKEN, bos)])
-    if tokenizer.get_vocab_size() > VOCAB_SIZE:
-        raise AssertionError("the tiny tokenizer outgrew the embedding table")
     return tokenizer
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from chameleon_files import write_tiny_vqgan
+from tokenizer_files import byte_level_bpe
 
 HIDDEN = 64
 HEADS, KV_HEADS = 4, 2
@@ -35,27 +36,8 @@ def image_token_name(code: int) -> str:
 
 
 def build_tokenizer():
-    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    merges: list[tuple[str, str]] = []
-    for word in _MERGED_WORDS:
-        left = word[0]
-        for char in word[1:]:
-            if left + char not in vocab:
-                merges.append((left, char))
-                vocab[left + char] = len(vocab)
-            left += char
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
-    tokenizer.add_tokens([AddedToken(image_token_name(code), special=False, normalized=False)
-                          for code in range(CODEBOOK)])
-    if tokenizer.get_vocab_size() > VOCAB_SIZE:
-        raise AssertionError("the tiny tokenizer outgrew the embedding table")
-    return tokenizer
+    names = [image_token_name(code) for code in range(CODEBOOK)]
+    return byte_level_bpe(_MERGED_WORDS, SPECIAL, names, limit=VOCAB_SIZE)
 
 
 def tiny_config():

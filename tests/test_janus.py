@@ -106,7 +106,7 @@ def test_folders_that_are_not_janus_or_lack_a_tokenizer_are_explained(tmp_path, 
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="not a Janus folder"):
+    with pytest.raises(ValueError, match="llama is not a Janus-Pro folder .*expected .janus. or .multi_modality."):
         load_janus(other)
     bare = tmp_path / "Janus-Pro-no-tokenizer"
     bare.mkdir()

@@ -9,7 +9,6 @@ transformers-native folders directly, DeepSeek's original release folders throug
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,8 +16,10 @@ import torch
 from torch import nn
 
 from ..adapter import Conditioning, execution_device
+from ..checkpoints import load_folder_tokenizer, read_folder_config
 from ..devices import name_offload_devices
 from ..guidance import Guidance
+from ..images import grey_unfinished
 from ..layout import LineLayout
 
 #: the chat turn the reference wraps a prompt in (Janus-Pro; Janus-1.3B uses plain role names)
@@ -123,16 +124,7 @@ class JanusImageModel(nn.Module):
         full[:, :tokens.shape[1]] = tokens
         vq = self.janus.model.vqmodel
         image = ((vq.decode(full.to(execution_device(vq))).float() + 1) / 2).clamp(0, 1)
-        if lines < self.grid:
-            image[:, :, lines * image.shape[-2] // self.grid:] = 0.5
-        return image
-
-
-def folder_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder.name} has no config.json: give a Janus-Pro model folder.")
-    return json.loads(path.read_text())
+        return grey_unfinished(image, lines, self.grid)
 
 
 def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -141,22 +133,14 @@ def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: t
     ``device_map`` (``"auto"`` or a module → device dict) places the weights with accelerate instead
     of ``device``: spread over several GPUs, or partly offloaded to CPU RAM or to ``offload_folder``
     on disk; each decoder layer's cache then lives on the device that layer computes on."""
-    from transformers import AutoTokenizer, JanusForConditionalGeneration
+    from transformers import JanusForConditionalGeneration
 
     from .janus_convert import load_deepseek_janus
 
     folder = Path(folder)
-    config = folder_config(folder)
-    kind = config.get("model_type")
-    if kind not in ("janus", "multi_modality"):
-        raise ValueError(f"{folder.name} is not a Janus folder (config.json model_type {kind!r}; expected "
-                         "'janus' or DeepSeek's 'multi_modality').")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
-                         f"same release must sit beside the weights): {error}") from None
-    if kind == "janus":
+    config = read_folder_config(folder, "Janus-Pro", ("janus", "multi_modality"))
+    tokenizer = load_folder_tokenizer(folder)
+    if config["model_type"] == "janus":
         placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {
             "device_map": {"": str(device)}}
         model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype, low_cpu_mem_usage=True,

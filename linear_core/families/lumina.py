@@ -10,7 +10,6 @@ Chameleon VQGAN decoder.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import torch
 from torch import nn
 
 from ..adapter import Conditioning, execution_device
-from ..checkpoints import read_folder_weights
+from ..checkpoints import load_folder_tokenizer, read_folder_config, read_folder_weights
 from ..devices import dispatch
 from ..guidance import Guidance
+from ..images import grey_unfinished
 from ..layout import LineLayout
 
 #: the reference's text-to-image request; the end-of-turn token follows it
@@ -142,16 +142,7 @@ class LuminaImageModel(nn.Module):
         grid.view(tokens.shape[0], -1)[:, :rows * line] = tokens[:, :rows * line]
         codes = self.code_of.to(tokens.device)[grid[:, :, :self.grid]].clamp(min=0)
         image = self.decoder(codes.flatten(1), self.grid, self.grid)
-        if rows < self.grid:
-            image[:, :, rows * image.shape[-2] // self.grid:] = 0.5
-        return image
-
-
-def folder_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder.name} has no config.json: give a Lumina-mGPT model folder.")
-    return json.loads(path.read_text())
+        return grey_unfinished(image, rows, self.grid)
 
 
 def resolution_from_name(name: str) -> int | None:
@@ -199,24 +190,15 @@ def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution:
     """A Lumina-mGPT folder (config, safetensors single or sharded, tokenizer) plus the Chameleon
     VQGAN (``vqgan`` folder or file; default: the ``vqgan`` folder or files inside the model folder).
     ``resolution`` defaults to the size in the folder name."""
-    from transformers import AutoTokenizer
-
     from ..decoders.chameleon_vqgan import load_chameleon_vqgan
 
     folder = Path(folder)
-    config = folder_config(folder)
-    if config.get("model_type") != "chameleon":
-        raise ValueError(f"{folder.name} is not a Lumina-mGPT folder (config.json model_type "
-                         f"{config.get('model_type')!r}; expected 'chameleon').")
+    config = read_folder_config(folder, "Lumina-mGPT", ("chameleon",))
     resolution = resolution or resolution_from_name(folder.name)
     if resolution is None:
         raise ValueError(f"Cannot tell the resolution of {folder.name}: give it (512, 768 or 1024, the size the "
                          "checkpoint was trained at).")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
-                         f"same release must sit beside the weights): {error}") from None
+    tokenizer = load_folder_tokenizer(folder)
     vqgan = vqgan or find_vqgan(folder)  # before the big load: a missing decoder fails fast
     model = load_chameleon(folder, config, dtype, device, device_map, offload_folder)
     decoder = load_chameleon_vqgan(vqgan, device=execution_device(model.model.embed_tokens))

@@ -1,0 +1,27 @@
+"""A tiny byte-level BPE tokenizer for test model folders: every byte, a few merged words (so prompts
+stay short), special tokens and plain added tokens, built with the real `tokenizers` library."""
+from __future__ import annotations
+
+
+def byte_level_bpe(merged_words: tuple[str, ...], special: list[str], added: list[str] = (), limit: int = 1 << 30):
+    """``merged_words`` use byte-level symbols (``Ġ`` = a leading space)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges: list[tuple[str, str]] = []
+    for word in merged_words:
+        left = word[0]
+        for char in word[1:]:
+            if left + char not in vocab:
+                merges.append((left, char))
+                vocab[left + char] = len(vocab)
+            left += char
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    if tokenizer.get_vocab_size() > limit:
+        raise AssertionError("the tiny tokenizer outgrew the embedding table")
+    return tokenizer
