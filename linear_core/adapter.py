@@ -27,7 +27,7 @@ class ImageModelAdapter(Protocol):
     # engine then refuses longer layouts up front instead of indexing out of range on the device.
 
 
-def execution_device(module: nn.Module) -> torch.device:
+def execution_device(module: nn.Module, allow_meta: bool = False) -> torch.device:
     """Where ``module`` computes. With an accelerate ``device_map`` an offloaded module keeps its
     weights on the meta device (in CPU RAM or on disk behind the scenes) and a hook, on it or on
     its children, names the device they are brought to for each forward; otherwise the weights'
@@ -41,7 +41,7 @@ def execution_device(module: nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     if param is None:
         raise ValueError(f"{type(module).__name__} has no weights to tell its device.")
-    if param.device.type == "meta":
+    if param.device.type == "meta" and not allow_meta:
         raise ValueError(f"{type(module).__name__} has weights on the meta device and no accelerate hook that loads "
                          "them: the checkpoint was not fully loaded (load it with a device or a complete device_map).")
     return param.device
@@ -65,7 +65,8 @@ class CacheGeometry:
     layer_devices: tuple[torch.device, ...]
 
     @classmethod
-    def of(cls, backbone: nn.Module) -> "CacheGeometry":
+    def of(cls, backbone: nn.Module, planning: bool = False) -> "CacheGeometry":
+        """``planning``: only the shapes are wanted (a model still on the meta device is fine)."""
         config = backbone.config
         q_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // q_heads
@@ -76,8 +77,8 @@ class CacheGeometry:
             kv_heads=getattr(config, "num_key_value_heads", None) or q_heads,
             head_dim=head_dim,
             dtype=next(backbone.parameters()).dtype,
-            device=execution_device(backbone.embed_tokens),
-            layer_devices=tuple(execution_device(layer) for layer in layers),
+            device=execution_device(backbone.embed_tokens, planning),
+            layer_devices=tuple(execution_device(layer, planning) for layer in layers),
         )
 
     @property

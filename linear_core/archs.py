@@ -3,8 +3,9 @@
 Sizes from the upstream checkpoints (LlamaGen GPT-B…3B, Janus-Pro-1B/7B language models,
 Lumina-mGPT's Chameleon-7B); prefix lengths are typical prompts. The benchmark builds each as a
 `LlamaGenModel` (LlamaGen: the real architecture, 2-D rotary included) or a `LlamaImageModel`
-(Janus-Pro, Lumina-mGPT until their families land: the same attention and KV shapes; Chameleon's
-q/k-norm costs nothing measurable next to them).
+(Janus-Pro, Lumina-mGPT: the same attention, KV and vocabulary shapes without needing a tokenizer;
+Chameleon's q/k-norm costs nothing measurable next to them; Lumina shapes keep its end-of-line
+lines and its short, separate unconditional stream).
 """
 from __future__ import annotations
 

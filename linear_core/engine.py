@@ -59,7 +59,7 @@ def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings
     before the run."""
     layout = layout.with_budget(settings.budget)
     policy = settings.make_policy()
-    stream = build_stream(CacheGeometry.of(adapter.backbone), policy, layout, rows,
+    stream = build_stream(CacheGeometry.of(adapter.backbone, planning=True), policy, layout, rows,
                           policy.evicts and layout.compresses, device="meta")
     layers = stream.cache.layers
     bookkeeping = sum(t.numel() * t.element_size() for layer in layers

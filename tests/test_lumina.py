@@ -16,7 +16,10 @@ from conftest import DEVICE
 from lumina_files import HEADS, KV_HEADS, RESOLUTION, reference_model, write_lumina
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.families.lumina import LuminaImageModel, load_lumina
+from linear_core.archs import get_arch
+from linear_core.engine import planned_cache_bytes
 from linear_core.fidelity import fidelity_report
+from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline
 from linear_core.sampling import make_generator, sample
 from test_exactness import assert_matches_masked_reference, feed_and_record
@@ -233,3 +236,20 @@ def test_budget_too_small_for_kept_line_ends_names_them(model):
     settings = CacheSettings("linear", budget="1 lines", anchors=2, recent_lines=1, keep_line_ends=True)
     with pytest.raises(ValueError, match=r"\+ 7 older end-of-line tokens\); raise the budget"):
         DecodeSession(model, conditioning, layout, settings, guidance)
+
+
+@pytest.mark.parametrize("arch,batch", [("lumina-mgpt-7b-768", 12), ("lumina-mgpt-7b-1024", 8)])
+def test_7b_in_bf16_with_an_eighth_of_the_cache_fits_a_24_gib_card_where_the_full_cache_does_not(arch, batch):
+    """Exact planned bytes of the paper's batch sizes, on a model built on the meta device."""
+    shape = get_arch(arch)
+    model = shape.build(dtype=torch.bfloat16, device="meta")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert 13.0 * 2 ** 30 < weights < 13.5 * 2 ** 30  # Chameleon-7B in bf16
+    conditioning = model.conditioning(torch.arange(batch, device="meta"), Guidance(4.0, "separate"))
+    uncond = shape.layout().with_prefix(conditioning.uncond_prefix.shape[1])
+
+    def cache(settings: CacheSettings) -> int:
+        return sum(planned_cache_bytes(model, layout, settings, batch) for layout in (shape.layout(), uncond))
+
+    card = 24 * 2 ** 30
+    assert weights + cache(CacheSettings("full")) > card > weights + cache(CacheSettings("linear", "1/8")) + 2 ** 30
