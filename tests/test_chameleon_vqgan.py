@@ -2,6 +2,9 @@
 independent float64 decode of the same state dict; shapes, range and the loader's errors."""
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 
@@ -45,3 +48,29 @@ def test_wrong_files_and_folders_are_explained(tmp_path):
     torch.save({"model": tiny_vq_state()}, llamagen)
     with pytest.raises(ValueError, match="LlamaGen's VQ-16 tokenizer"):
         load_chameleon_vqgan(llamagen)
+
+
+def test_a_lightning_checkpoint_with_foreign_classes_loads_without_running_them(tmp_path, capsys):
+    """Meta's vqgan.ckpt is a training checkpoint: objects of classes that are not installed here
+    (trainer callbacks) sit beside the tensors. They are stood in for, never imported or run."""
+    module = types.ModuleType("lightning_like")
+
+    class ModelCheckpoint:
+        def __setstate__(self, state):
+            print("foreign code ran")
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    sys.modules[module.__name__] = module
+    callback = ModelCheckpoint()
+    callback.best_model_path = "last.ckpt"
+    try:
+        folder = tmp_path / "vqgan"
+        folder.mkdir()
+        torch.save({"state_dict": tiny_vqgan_state(), "callbacks": {"ModelCheckpoint": callback}},
+                   folder / "vqgan.ckpt")
+    finally:
+        del sys.modules[module.__name__]  # gone, as on a machine without the training stack
+    decoder = load_chameleon_vqgan(folder)
+    assert decoder.codebook_size == 64
+    assert "foreign code ran" not in capsys.readouterr().out
