@@ -205,10 +205,11 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
                                                                           offload_folder))
         if config.get("model_type") == "chameleon":
             from .families.lumina import PATCH, load_lumina
-            from .text_pipeline import LUMINA_DEFAULTS, TextToImagePipeline
+            from .text_pipeline import LUMINA_DEFAULTS, LUMINA_OMNI_DEFAULTS, TextToImagePipeline
 
             model = load_lumina(path, vq, grid and grid * PATCH, dtype, device, device_map, offload_folder)
-            return TextToImagePipeline(path.name, "lumina-mgpt", model, LUMINA_DEFAULTS)
+            defaults = LUMINA_OMNI_DEFAULTS if "omni" in path.name.lower() else LUMINA_DEFAULTS
+            return TextToImagePipeline(path.name, "lumina-mgpt", model, defaults)
         found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
         raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r}, LlamaGen c2i_*.pt / "
                          ".safetensors files, Janus-Pro and Lumina-mGPT folders.")

@@ -21,8 +21,10 @@ from .settings import CacheSettings
 
 #: DeepSeek's Janus-Pro generation script: cfg 5, temperature 1, no top-k / top-p
 JANUS_DEFAULTS = SamplingDefaults(cfg=5.0, temperature=1.0, top_k=0, top_p=1.0)
-#: Lumina-mGPT's image generation: cfg 4 (its README examples), temperature 1, image top-k 2000
+#: Lumina-mGPT's image generation: cfg 4 (its README examples), temperature 1, image top-k 2000;
+#: the Omni checkpoint's demo samples with cfg 1 and top-k 200
 LUMINA_DEFAULTS = SamplingDefaults(cfg=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+LUMINA_OMNI_DEFAULTS = SamplingDefaults(cfg=1.0, temperature=1.0, top_k=200, top_p=1.0)
 
 
 @dataclass

@@ -253,3 +253,10 @@ def test_7b_in_bf16_with_an_eighth_of_the_cache_fits_a_24_gib_card_where_the_ful
 
     card = 24 * 2 ** 30
     assert weights + cache(CacheSettings("full")) > card > weights + cache(CacheSettings("linear", "1/8")) + 2 ** 30
+
+
+def test_omni_folders_sample_with_their_own_defaults(tmp_path, folder):
+    omni = load_pipeline(write_lumina(tmp_path / "Lumina-mGPT-7B-768-Omni"), grid=GRID, device=DEVICE)
+    assert (omni.defaults.cfg, omni.defaults.top_k) == (1.0, 200) and omni.model.resolution == RESOLUTION
+    plain = load_pipeline(folder, device=DEVICE)
+    assert (plain.defaults.cfg, plain.defaults.top_k) == (4.0, 2000)
