@@ -25,7 +25,7 @@ from ..layout import LineLayout
 
 #: the reference's text-to-image request; the end-of-turn token follows it
 TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
-BEGIN_IMAGE, END_IMAGE, END_OF_LINE, END_OF_TURN = "<racm3:break>", "<eoss>", "<reserved08803>", "<reserved08706>"
+BEGIN_IMAGE, END_OF_LINE, END_OF_TURN = "<racm3:break>", "<reserved08803>", "<reserved08706>"
 #: VQGAN downsampling: one image code per 16x16 pixels
 PATCH = 16
 #: size tokens count in units of 32 pixels (``<reserved{8800 + n}>``)
@@ -51,12 +51,12 @@ class LuminaImageModel(nn.Module):
         self.chameleon, self.decoder, self.tokenizer = model, decoder, tokenizer
         self.resolution = resolution
         vocab = tokenizer.get_vocab()
-        names = (BEGIN_IMAGE, END_IMAGE, END_OF_LINE, END_OF_TURN, size_token(resolution))
+        names = (BEGIN_IMAGE, END_OF_LINE, END_OF_TURN, size_token(resolution))
         missing = [name for name in names if name not in vocab]
         if missing:
             raise ValueError(f"The tokenizer has no {', '.join(missing)} token: this folder's tokenizer is not "
                              "Chameleon's / Lumina-mGPT's.")
-        self.boi_id, self.eoi_id, self.eol_id, self.eot_id, self.size_id = (vocab[name] for name in names)
+        self.boi_id, self.eol_id, self.eot_id, self.size_id = (vocab[name] for name in names)
         mapping = model.model.vocabulary_mapping
         image_ids = torch.tensor(mapping.image_tokens)
         if not len(image_ids):
