@@ -110,15 +110,26 @@ def _check_yaml(path: Path, config: dict) -> None:
     """``vqgan.yaml`` (taming's ``model.params``) must describe the weights beside it."""
     import yaml  # PyYAML comes with transformers
 
-    params = (yaml.safe_load(path.read_text()) or {}).get("model", {}).get("params", {})
-    dd = params.get("ddconfig", {})
+    try:
+        params = yaml.safe_load(path.read_text())["model"]["params"]
+        dd = params.get("ddconfig") or {}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path.name} is not a taming VQGAN config (model: params: ddconfig: …; {error!r}): "
+                         "use the vqgan.yaml of Meta's Chameleon release, or remove it.") from None
+    if dd.get("give_pre_end") or dd.get("tanh_out"):  # taming options Chameleon leaves off
+        raise ValueError(f"{path.name} sets give_pre_end / tanh_out, which this decoder does not implement.")
+    actual = dict(config)
     declared = {"n_embed": params.get("n_embed"), "embed_dim": params.get("embed_dim"),
                 "z_channels": dd.get("z_channels")}
     if "num_res_blocks" in dd:
         declared["blocks"] = dd["num_res_blocks"] + 1  # the decoder has one more per level than the encoder
     if "ch" in dd and "ch_mult" in dd:
         declared["widths"] = tuple(dd["ch"] * m for m in dd["ch_mult"])
-    wrong = {k: (v, config[k]) for k, v in declared.items() if v is not None and v != config[k]}
+    if "resolution" in dd and "attn_resolutions" in dd:  # level up.i runs at resolution / 2**i
+        sizes = [dd["resolution"] // 2 ** i for i in range(len(config["widths"]))]
+        declared["attn_resolutions"] = [r for r in sizes if r in dd["attn_resolutions"]]
+        actual["attn_resolutions"] = [r for i, r in enumerate(sizes) if i in config["attn_levels"]]
+    wrong = {k: (v, actual[k]) for k, v in declared.items() if v is not None and v != actual[k]}
     if wrong:
         detail = "; ".join(f"{k}: yaml {a}, weights {b}" for k, (a, b) in wrong.items())
         raise ValueError(f"{path.name} does not describe the VQGAN weights beside it ({detail}): use the yaml and "
