@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The README's GPU figures in one run: the test suite on CUDA, then `bench` at the paper's model
+# sizes and batches (random weights, bf16). A lent GPU comes for minutes, so every step has a
+# time cap inside one overall budget, and the results are packed after each step: a run cut short
+# still returns what it finished.
+#   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
+# STEP: tests janus-pro-1b janus-pro-7b lumina-768 lumina-1024 llamagen-xl janus-vs-transformers
+# (default: all, in that order). The caps are about twice the times an H200 took (Janus-Pro-1B
+# ≈85 s, -7B ≈100 s, tests ≈110 s); a Lumina-mGPT run takes minutes per policy (two forwards a token).
+# PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
+set -uo pipefail
+dest=${1:?usage: scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]}
+budget=${2:-36000}
+shift $(($# < 2 ? $# : 2))
+steps=("$@")
+((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b lumina-768 lumina-1024 llamagen-xl janus-vs-transformers)
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+work=$(mktemp -d)
+mkdir -p "$dest"
+deadline=$((SECONDS + budget))
+export PYTHONUNBUFFERED=1
+
+step() {  # NAME CAP COMMAND…: runs COMMAND for at most CAP seconds and what is left of the budget
+  local name=$1 cap=$2 left=$((deadline - SECONDS)) start=$SECONDS
+  shift 2
+  if ((left < 20)); then
+    echo "$name: skipped, ${left}s of the budget left" | tee -a "$dest/steps.log"
+    return
+  fi
+  ((cap > left)) && cap=$left
+  timeout "$cap" "$@" >"$work/$name.out" 2>"$work/$name.err"
+  echo "$name: rc=$? in $((SECONDS - start))s (cap ${cap}s)" | tee -a "$dest/steps.log"
+  tar czf "$dest/gpu_figures.tgz" -C "$work" .
+}
+bench() {  # NAME CAP BENCH-ARGS…
+  local name=$1 cap=$2
+  shift 2
+  step "$name" "$cap" "$py" -m linear_core bench --device "$device" --dtype bf16 --json "$@"
+}
+
+{ nvidia-smi -L; "$py" -c "import torch, transformers; print('torch', torch.__version__, 'transformers',
+transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; } \
+  >"$work/device.txt" 2>&1
+parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 12")
+for name in "${steps[@]}"; do
+  case $name in
+    # shellcheck disable=SC2086
+    tests) step tests 220 env LINEAR_TEST_DEVICE="$device" "$py" -m pytest -q -rs $parallel --ignore=tests/comfyui tests ;;
+    janus-pro-1b) bench "$name" 180 --arch janus-pro-1b --batch 128 --policies full,linear --budget 1/4,1/6 ;;
+    janus-pro-7b) bench "$name" 200 --arch janus-pro-7b --batch 64 --policies full,linear --budget 1/4,1/6 ;;
+    lumina-768) bench "$name" 1200 --arch lumina-mgpt-7b-768 --batch 12 --policies full,linear --budget 1/6,1/8 ;;
+    lumina-1024) bench "$name" 1500 --arch lumina-mgpt-7b-1024 --batch 8 --policies full,linear --budget 1/8 ;;
+    llamagen-xl) bench "$name" 300 --arch llamagen-xl --batch 256 --policies full,linear --budget 1/4,1/6 ;;
+    janus-vs-transformers) bench "$name" 200 --arch janus-pro-1b --vs-transformers --batch 16 --budget 1/4,1/6 ;;
+    *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
+  esac
+done
+echo "done in ${SECONDS}s" | tee -a "$dest/steps.log"
+rm -rf "$work"
