@@ -11,10 +11,13 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .padding import left_pad
+
 
 @runtime_checkable
 class ImageModelAdapter(Protocol):
-    #: decoder stack called as ``backbone(inputs_embeds=, position_ids=, past_key_values=, use_cache=)``
+    #: decoder stack called as ``backbone(inputs_embeds=, position_ids=, cache=, use_cache=)``
+    #: (``past_key_values=`` before transformers 5.24)
     backbone: nn.Module
 
     def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -93,8 +96,13 @@ class Conditioning:
 
     ``prefix``: ``(rows, L_p, hidden)`` for the batched cache (cond and uncond rows for the
     ``halves`` / ``interleaved`` layouts). ``uncond_prefix``: ``(batch, L_u, hidden)`` for the
-    ``separate`` layout, whose unconditional rows have a cache and positions of their own.
+    ``separate`` layout, whose unconditional rows have a prefix and positions of their own.
     """
 
     prefix: torch.Tensor
     uncond_prefix: torch.Tensor | None = None
+
+    def batched(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row in one batch (``[prefix; uncond_prefix]``, left-padded to one length) and each
+        row's pad count, None when no row needed padding (see `padding`)."""
+        return left_pad([p for p in (self.prefix, self.uncond_prefix) if p is not None])

@@ -5,7 +5,7 @@ Lumina-mGPT's Chameleon-7B); prefix lengths are typical prompts. The benchmark b
 `LlamaGenModel` (LlamaGen: the real architecture, 2-D rotary included) or a `LlamaImageModel`
 (Janus-Pro, Lumina-mGPT: the same attention, KV and vocabulary shapes without needing a tokenizer;
 Chameleon's q/k-norm costs nothing measurable next to them; Lumina shapes keep its end-of-line
-lines and its short, separate unconditional stream).
+lines and its short unconditional prefix, left-padded into the batch).
 """
 from __future__ import annotations
 

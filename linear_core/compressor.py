@@ -1,9 +1,8 @@
-"""Line-boundary compression: runs a policy on every layer of the caches of one request.
+"""Line-boundary compression: runs a policy on every layer of the cache of one request.
 
-A request has one cache (CFG rows batched) or two (a separate unconditional pass with its own
-prefix). Their visual regions always hold the same number of image tokens, so per layer the scores
-of all rows are stacked, optionally shared across KV heads or across each cond/uncond pair, and
-each row keeps its top-B slots.
+The cache holds every row of the request (cond and uncond rows batched; see `padding` for
+prefixes of different lengths). Per layer the scores may be shared across KV heads or across each
+cond/uncond pair, then each row keeps its top-B slots.
 """
 from __future__ import annotations
 
@@ -26,6 +25,8 @@ class Stream:
 
     cache: LineARCache
     queries: LineQueryBuffer | None
+    #: left-pad count of every row (rows whose prefix is shorter), None when all prefixes are equal
+    pads: torch.Tensor | None = None
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Compressor:
     policy: EvictionPolicy
     head_sharing: HeadSharing = "per_head"
     cfg_mode: CfgMode = "independent"
-    #: row pairs (cond, uncond) over the rows of all streams stacked in order; None without CFG
+    #: row pairs (cond, uncond) over the cache's rows; None without CFG
     cfg_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     generator: torch.Generator | None = None
 
@@ -45,30 +46,22 @@ class Compressor:
                 f"cfg_mode must be 'independent', 'shared_cond' or 'shared_sum', not {self.cfg_mode!r}."
             )
 
-    def boundary(self, streams: list[Stream]) -> int:
+    def boundary(self, stream: Stream) -> int:
         """Observe and, past the budget, evict on every layer. Returns the slots evicted per row and head."""
-        first = streams[0].cache
-        layout = first.layout
-        budget = layout.budget_tokens
+        cache = stream.cache
+        budget = cache.layout.budget_tokens
         evicted = 0
-        for layer_idx in range(len(first.layers)):
-            views = [self._view(stream, layer_idx) for stream in streams]
-            for view in views:
-                self.policy.observe(view)
-            visual = views[0].image_index.shape[-1]
+        for layer_idx, layer in enumerate(cache.layers):
+            view = self._view(stream, layer_idx)
+            self.policy.observe(view)
+            visual = view.image_index.shape[-1]
             if not self.policy.evicts or visual <= budget:
                 continue
-            ranking = torch.cat([self.policy.ranking(view) for view in views], dim=0)
-            keep = self._share(ranking).topk(budget, dim=-1, sorted=False).indices.sort(dim=-1).values
-            start = 0
-            for stream in streams:
-                rows = stream.cache.rows
-                stream.cache.layers[layer_idx].keep(keep[start:start + rows])
-                start += rows
+            ranking = self._share(self.policy.ranking(view))
+            layer.keep(ranking.topk(budget, dim=-1, sorted=False).indices.sort(dim=-1).values)
             evicted = visual - budget
-        for stream in streams:
-            if stream.queries is not None:
-                stream.queries.reset()
+        if stream.queries is not None:
+            stream.queries.reset()
         return evicted
 
     def _view(self, stream: Stream, layer_idx: int) -> LayerView:
@@ -76,7 +69,7 @@ class Compressor:
         attention_fn = None
         if stream.queries is not None:
             def attention_fn(layer=layer, queries=stream.queries):
-                probs = line_attention(queries, layer_idx, layer.keys[:, :, :layer.length])
+                probs = line_attention(queries, layer_idx, layer.keys[:, :, :layer.length], stream.pads)
                 return probs[..., layer.prefix_len:]
         visual = layer.visual_length
         return LayerView(

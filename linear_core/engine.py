@@ -1,12 +1,13 @@
 """The decode engine: prefill, one token per step, CFG, sampling, compression at line boundaries.
 
-`DecodeSession` owns the caches of one request and advances them (`prefill`, `feed`); `generate`
+`DecodeSession` owns the cache of one request and advances it (`prefill`, `feed`); `generate`
 is the sampling loop on top of it, with the callbacks ComfyUI needs (progress, preview, cancel)
 and the statistics every benchmark reports. Teacher-forced fidelity (`metrics.py`) drives two
 sessions in lockstep.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,6 +16,7 @@ import torch
 
 from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
 from .cache import LineARCache
+from . import padding
 from .compressor import Compressor, Stream
 from .guidance import Guidance
 from .layout import LineLayout
@@ -37,8 +39,13 @@ def synchronize(devices: list[torch.device]) -> None:
             torch.mps.synchronize()
 
 
+def cache_keyword(backbone: torch.nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
 def build_stream(geometry: CacheGeometry, policy: EvictionPolicy, layout: LineLayout, rows: int, compresses: bool,
-                 device: torch.device | str | None = None) -> Stream:
+                 device: torch.device | str | None = None, pads: torch.Tensor | None = None) -> Stream:
     """The preallocated cache (and query buffer, for policies that score with queries) of ``rows``
     rows, each layer's part on that layer's device unless ``device`` overrides all of them."""
     g, device = geometry, device or geometry.layer_devices
@@ -50,7 +57,7 @@ def build_stream(geometry: CacheGeometry, policy: EvictionPolicy, layout: LineLa
     if compresses and policy.query_window:
         queries = LineQueryBuffer(g.num_layers, rows, g.q_heads, g.head_dim, layout.line_tokens,
                                   policy.query_window, g.dtype, device)
-    return Stream(cache, queries)
+    return Stream(cache, queries, pads)
 
 
 def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings: CacheSettings, rows: int) -> int:
@@ -69,11 +76,11 @@ def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings
 
 
 class DecodeSession:
-    """The caches of one request (``batch`` images) and the forwards that fill them."""
+    """The cache of one request (``batch`` images, CFG rows batched) and the forwards that fill it."""
 
     def __init__(self, adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                  settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"), seed: int = 0) -> None:
-        self.adapter, self.guidance, self.settings = adapter, guidance, settings
+        self.adapter, self.settings = adapter, settings
         self.layout = layout.with_budget(settings.budget)
         self.geometry = CacheGeometry.of(adapter.backbone)
         rows, prefix_len = conditioning.prefix.shape[:2]
@@ -91,33 +98,34 @@ class DecodeSession:
         self.policy = settings.make_policy()
         self.policy.validate(self.layout)
         adapter.backbone.set_attn_implementation(register_attention())
+        self.cache_keyword = cache_keyword(adapter.backbone)
 
+        # A separate unconditional prefix joins the batch, left-padded (see `padding`): [cond; uncond].
+        self.guidance = Guidance(guidance.scale, "halves") if guidance.layout == "separate" else guidance
+        self.prefix, pads = conditioning.batched()
+        self.layout = self.layout.with_prefix(self.prefix.shape[1])
         compresses = self.policy.evicts and self.layout.compresses
-        self.prefixes = [conditioning.prefix]
-        layouts = [self.layout]
-        if conditioning.uncond_prefix is not None:
-            self.prefixes.append(conditioning.uncond_prefix)
-            layouts.append(self.layout.with_prefix(conditioning.uncond_prefix.shape[1]))
-        self.streams = [self._stream(lay, prefix.shape[0], compresses) for lay, prefix in zip(layouts, self.prefixes)]
+        self.stream = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, pads=pads)
         self.compressor = Compressor(
-            self.policy, settings.head_sharing, settings.cfg_mode, guidance.row_pairs(self.batch),
+            self.policy, settings.head_sharing, settings.cfg_mode, self.guidance.row_pairs(self.batch),
             generator=torch.Generator().manual_seed(seed + 1),
         )
         self.compression_s = 0.0
         self.compressions = 0
 
-    def _stream(self, layout: LineLayout, rows: int, compresses: bool) -> Stream:
-        return build_stream(self.geometry, self.policy, layout, rows, compresses)
-
     # -- forwards --------------------------------------------------------------------------
-    def _forward(self, stream: Stream, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        cache = stream.cache
+    def _forward(self, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        stream, cache = self.stream, self.stream.cache
         rows, q = embeds.shape[:2]
-        positions = torch.arange(cache.written, cache.written + q, device=embeds.device).expand(rows, q)
         extra = {CAPTURE_KWARG: stream.queries} if stream.queries is not None and cache.written >= cache.layout.prefix_len else {}
-        out = self.adapter.backbone(inputs_embeds=embeds, position_ids=positions, past_key_values=cache,
-                                    use_cache=True, **extra)
-        if extra:
+        if stream.pads is None:
+            positions = torch.arange(cache.written, cache.written + q, device=embeds.device).expand(rows, q)
+        else:
+            positions = padding.positions(stream.pads, cache.written, q)
+            extra["attention_mask"] = padding.attention_mask(stream.pads, cache.layers[0].length, q)
+        extra[self.cache_keyword] = cache
+        out = self.adapter.backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True, **extra)
+        if CAPTURE_KWARG in extra:
             stream.queries.advance(q)
         hidden = out.last_hidden_state
         return self.adapter.image_logits(hidden[:, -1:] if last_only else hidden)
@@ -125,58 +133,54 @@ class DecodeSession:
     @torch.inference_mode()
     def prefill(self) -> torch.Tensor:
         """Run the prefix; returns CFG-combined logits ``(batch, vocab)`` for image token 0."""
-        if self.streams[0].cache.written:
+        if self.stream.cache.written:
             raise RuntimeError("prefill() was already called on this session.")
-        logits = [self._forward(stream, prefix, last_only=True)[:, -1] for stream, prefix in zip(self.streams, self.prefixes)]
-        return self.guidance.combine(*logits)
+        return self.guidance.combine(self._forward(self.prefix, last_only=True)[:, -1])
 
     @torch.inference_mode()
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed the next image tokens ``(batch, q)`` (never across a line end); returns CFG-combined
         logits ``(batch, q, vocab)``. Compresses when the chunk completes a line."""
-        start = self.streams[0].cache.image_written
+        start = self.stream.cache.image_written
         tokens = tokens.to(self.geometry.device)
         q = tokens.shape[1]
         line_end = (start // self.layout.line_tokens + 1) * self.layout.line_tokens
         if start + q > min(line_end, self.layout.image_tokens):
             raise ValueError(f"Chunk of {q} tokens from image token {start} crosses the line end at {line_end}.")
-        logits = []
-        for i, stream in enumerate(self.streams):
-            rows_tokens = self.guidance.expand_tokens(tokens) if i == 0 else tokens
-            logits.append(self._forward(stream, self.adapter.embed_image_tokens(rows_tokens)))
+        logits = self._forward(self.adapter.embed_image_tokens(self.guidance.expand_tokens(tokens)))
         if start + q == line_end:
             self._boundary()
-        return self.guidance.combine(*logits)
+        return self.guidance.combine(logits)
 
     def _boundary(self) -> None:
         devices = self.geometry.devices
         synchronize(devices)
         t0 = time.perf_counter()
-        if self.compressor.boundary(self.streams):
+        if self.compressor.boundary(self.stream):
             self.compressions += 1
         synchronize(devices)
         self.compression_s += time.perf_counter() - t0
 
     # -- accounting ------------------------------------------------------------------------
     @property
-    def caches(self) -> list[LineARCache]:
-        return [stream.cache for stream in self.streams]
+    def cache(self) -> LineARCache:
+        return self.stream.cache
 
     @property
     def kv_allocated_bytes(self) -> int:
-        return sum(cache.allocated_bytes for cache in self.caches)
+        return self.cache.allocated_bytes
 
     @property
     def full_kv_bytes(self) -> int:
-        return sum(cache.full_bytes() for cache in self.caches)
+        return self.cache.full_bytes()
 
     @property
     def query_buffer_bytes(self) -> int:
-        return sum(s.queries.allocated_bytes for s in self.streams if s.queries is not None)
+        return self.stream.queries.allocated_bytes if self.stream.queries is not None else 0
 
     def kept_map(self) -> torch.Tensor:
         """``(layers, batch, N)``: share of KV heads of each conditional row that hold each image token."""
-        cache = self.streams[0].cache
+        cache = self.cache
         cond_rows = self.guidance.row_pairs(self.batch)[0] if self.guidance.batched_rows == 2 else torch.arange(self.batch)
         maps = torch.zeros(len(cache.layers), self.batch, self.layout.image_tokens)
         for layer_idx in range(len(cache.layers)):
@@ -187,9 +191,8 @@ class DecodeSession:
         return maps.half()
 
     def close(self) -> None:
-        for stream in self.streams:
-            stream.cache.release()
-            stream.queries = None
+        self.stream.cache.release()
+        self.stream.queries = None
 
 
 @dataclass

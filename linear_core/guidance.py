@@ -3,8 +3,9 @@
 * ``none``: no CFG, ``batch`` rows.
 * ``halves``: ``[cond × batch; uncond × batch]`` (LlamaGen, transformers' Janus).
 * ``interleaved``: cond and uncond alternate (DeepSeek's original Janus loop).
-* ``separate``: the unconditional branch is its own request with its own cache and positions
-  (Lumina-mGPT).
+* ``separate``: the unconditional rows have a prefix and positions of their own (Lumina-mGPT's
+  image start alone, a negative prompt of another length); the engine left-pads both prefixes
+  into one ``[cond; uncond]`` batch (`padding`) and runs it as ``halves``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Guidance:
 
     @property
     def batched_rows(self) -> int:
-        """Rows per image in the main (batched) cache."""
+        """Rows per image in `Conditioning.prefix` (``separate`` keeps its uncond rows apart)."""
         return 2 if self.layout in ("halves", "interleaved") else 1
 
     def row_pairs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -49,17 +50,17 @@ class Guidance:
             return tokens.repeat_interleave(2, dim=0)
         return tokens
 
-    def split(self, logits: torch.Tensor, uncond_logits: torch.Tensor | None = None):
-        """Rows of the batched cache (and the separate uncond pass) → (cond, uncond or None)."""
-        if self.layout == "halves":
+    def split(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows of the batch → (cond, uncond or None)."""
+        if self.layout in ("halves", "separate"):
             return logits.chunk(2, dim=0)
         if self.layout == "interleaved":
             return logits[0::2], logits[1::2]
-        return logits, uncond_logits
+        return logits, None
 
-    def combine(self, logits: torch.Tensor, uncond_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
         """``u + (c − u)·scale`` per image; plain cond logits without CFG."""
-        cond, uncond = self.split(logits, uncond_logits)
+        cond, uncond = self.split(logits)
         if uncond is None:
             return cond
         return uncond + (cond - uncond) * self.scale

@@ -14,6 +14,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .cache import Devices, per_layer
+from .padding import real_keys
 
 ATTENTION_NAME = "linear_ar"
 CAPTURE_KWARG = "linear_ar_queries"
@@ -66,12 +67,14 @@ def register_attention() -> str:
     return ATTENTION_NAME
 
 
-def line_attention(buffer: LineQueryBuffer, layer_idx: int, keys: torch.Tensor) -> torch.Tensor:
+def line_attention(buffer: LineQueryBuffer, layer_idx: int, keys: torch.Tensor,
+                   pads: torch.Tensor | None = None) -> torch.Tensor:
     """Attention probabilities of the buffered line queries over ``keys``.
 
     ``keys`` is the layer's cache ``(rows, kv_heads, L, d)`` whose last ``line_tokens`` entries are
-    the line that just ended. Returns fp32 ``(rows, kv_heads, group, window, L)``: queries grouped
-    by the KV head they read (GQA), causal inside the line.
+    the line that just ended; ``pads`` hides each row's left-pad slots (see `padding`). Returns
+    fp32 ``(rows, kv_heads, group, window, L)``: queries grouped by the KV head they read (GQA),
+    causal inside the line.
     """
     queries = buffer.queries[layer_idx]
     rows, q_heads, window, dim = queries.shape
@@ -86,4 +89,6 @@ def line_attention(buffer: LineQueryBuffer, layer_idx: int, keys: torch.Tensor) 
     key_slot = torch.arange(length, device=keys.device) - (length - line_tokens)
     future = key_slot[None, :] > query_slot[:, None]
     logits.masked_fill_(future, float("-inf"))
+    if pads is not None:
+        logits.masked_fill_(~real_keys(pads, length, keys.device)[:, None, None, None, :], float("-inf"))
     return logits.softmax(dim=-1)

@@ -55,11 +55,9 @@ class TextToImagePipeline(ImagePipeline):
         """Device bytes a request needs besides the weights: its caches (exact for this prompt) plus the
         per-step logits work (estimate)."""
         cfg = self.defaults.cfg if cfg is None else cfg
-        conditioning, guidance, layout = self.model.request(prompt or "an image", negative_prompt, batch, cfg)
-        rows = batch * guidance.batched_rows
-        total = planned_cache_bytes(self.model, layout, settings, rows)
-        if conditioning.uncond_prefix is not None:
-            total += planned_cache_bytes(self.model, layout.with_prefix(conditioning.uncond_prefix.shape[1]), settings, batch)
+        conditioning, _, layout = self.model.request(prompt or "an image", negative_prompt, batch, cfg)
+        rows, prefix_len = conditioning.batched()[0].shape[:2]
+        total = planned_cache_bytes(self.model, layout.with_prefix(prefix_len), settings, rows)
         return total + batch * 2 * self.model.vocab * LOGIT_WORK_BYTES
 
     def generate(self, prompt: str, negative_prompt: str = "", batch: int = 1, settings: CacheSettings = CacheSettings(),

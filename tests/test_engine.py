@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from linear_core import Callbacks, CacheSettings, GenerationInterrupted, Guidance, LineLayout, SamplingConfig, generate
+from linear_core import padding
 from linear_core.sampling import filter_logits
 
 
@@ -54,8 +55,7 @@ def test_interrupt_raises_and_frees_the_cache(model, monkeypatch):
                  callbacks=Callbacks(should_stop=lambda: len(progress) >= 10,
                                      on_token=lambda i, line: progress.append(i)))
     assert len(sessions) == 1
-    assert all(cache.layers == [] for cache in sessions[0].caches)
-    assert all(stream.queries is None for stream in sessions[0].streams)
+    assert sessions[0].cache.layers == [] and sessions[0].stream.queries is None
 
 
 def test_seed_reproducible_and_sensitive(model):
@@ -75,3 +75,34 @@ def test_top_k_top_p_filters():
     assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True, True]]
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
+
+
+def test_a_separate_unconditional_prefix_joins_the_batch(model):
+    """A shorter unconditional prefix is left-padded into the batch: one backbone call per token
+    for cond and uncond rows together (the logits equal separate requests: test_exactness)."""
+    guidance = Guidance(2.0, "separate")
+    conditioning = model.conditioning(torch.tensor([1, 2]), guidance)
+    assert conditioning.prefix.shape[1] > conditioning.uncond_prefix.shape[1]
+    layout = LineLayout(prefix_len=conditioning.prefix.shape[1], grid_h=4, grid_w=4)
+    rows = []
+    hook = model.backbone.register_forward_hook(
+        lambda module, args, kwargs, out: rows.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        generate(model, conditioning, layout, CacheSettings("linear", "2 lines", anchors=1, recent_lines=1), guidance)
+    finally:
+        hook.remove()
+    assert rows == [4] * layout.image_tokens
+
+
+def test_padding_hides_pad_slots_and_counts_positions_from_the_first_real_token():
+    pads = torch.tensor([0, 2])
+    prefill = padding.attention_mask(pads, length=0, q=3)[:, 0]
+    assert torch.equal(prefill[0], torch.ones(3, 3, dtype=torch.bool).tril())
+    assert torch.equal(prefill[1], torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool))
+    step = padding.attention_mask(pads, length=3, q=1)[:, 0, 0]
+    assert step.tolist() == [[True] * 4, [False, False, True, True]]
+    assert padding.positions(pads, 0, 3).tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert padding.positions(pads, 3, 2).tolist() == [[3, 4], [1, 2]]
+    assert padding.left_pad([torch.ones(2, 3, 1), torch.ones(1, 3, 1)])[1] is None
+    batch, counts = padding.left_pad([torch.ones(1, 3, 1), 2 * torch.ones(1, 1, 1)])
+    assert counts.tolist() == [0, 2] and batch[:, :, 0].tolist() == [[1, 1, 1], [0, 0, 2]]

@@ -14,9 +14,9 @@ from conftest import DEVICE, tiny_model
 
 def feed_and_record(session: DecodeSession, tokens: torch.Tensor, chunk: int):
     """Teacher-force ``tokens`` in chunks (never across a line end); return the CFG-combined logits
-    for every image token and, per stream and layer, the kept indices after each line boundary."""
+    for every image token and, per layer, the kept indices of every row after each line boundary."""
     lay = session.layout
-    history = [[[] for _ in stream.cache.layers] for stream in session.streams]
+    history = [[] for _ in session.cache.layers]
     logits = [session.prefill()[:, None]]
     start = 0
     while start < lay.image_tokens - 1:
@@ -24,23 +24,26 @@ def feed_and_record(session: DecodeSession, tokens: torch.Tensor, chunk: int):
         stop = min(start + chunk, line_end, lay.image_tokens - 1)
         logits.append(session.feed(tokens[:, start:stop]))
         if stop == line_end:
-            for s, stream in enumerate(session.streams):
-                for layer_idx in range(len(stream.cache.layers)):
-                    history[s][layer_idx].append(stream.cache.kept_image_indices(layer_idx).clone())
+            for layer_idx in range(len(session.cache.layers)):
+                history[layer_idx].append(session.cache.kept_image_indices(layer_idx).clone())
         start = stop
     return torch.cat(logits, dim=1), history
 
 
 def reference_logits(model, conditioning, guidance, layout, tokens, history):
+    """Each prefix as its own request (a ``separate`` unconditional prefix with its own positions),
+    with the keys the session evicted from its rows masked out."""
+    if conditioning.uncond_prefix is None:
+        parts = [(conditioning.prefix, guidance.expand_tokens(tokens[:, :-1]), history)]
+    else:  # the session batched [cond; uncond] rows
+        batch = conditioning.prefix.shape[0]
+        parts = [(conditioning.prefix, tokens[:, :-1], [[kept[:batch] for kept in h] for h in history]),
+                 (conditioning.uncond_prefix, tokens[:, :-1], [[kept[batch:] for kept in h] for h in history])]
     per_stream = []
-    prefixes = [conditioning.prefix] + ([conditioning.uncond_prefix] if conditioning.uncond_prefix is not None else [])
-    for s, prefix in enumerate(prefixes):
-        rows_tokens = guidance.expand_tokens(tokens[:, :-1]) if s == 0 else tokens[:, :-1]
+    for prefix, rows_tokens, kept in parts:
         lay = layout.with_prefix(prefix.shape[1])
-        evicted = [eviction_lines(h, lay) for h in history[s]]
-        per_stream.append(masked_logits(model, prefix, rows_tokens, lay, evicted))
-    return guidance.combine(*per_stream)
-
+        per_stream.append(masked_logits(model, prefix, rows_tokens, lay, [eviction_lines(h, lay) for h in kept]))
+    return guidance.combine(torch.cat(per_stream))
 
 def assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected) -> None:
     """The full cache's logits differ clearly from the masked reference (so the masks were tested)."""

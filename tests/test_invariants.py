@@ -28,19 +28,19 @@ def test_budget_prefix_and_protected_regions(gqa_model, policy, eol):
     lay = session.layout
     tokens = torch.randint(0, 40, (2, lay.image_tokens))
     budget, width, p = lay.budget_tokens, lay.line_tokens, lay.prefix_len
-    buffers = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in session.caches[0].layers]
+    buffers = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in session.cache.layers]
     allocated = session.kv_allocated_bytes
     session.prefill()
-    prefix = [layer.keys[:, :, :p].clone() for layer in session.caches[0].layers]
+    prefix = [layer.keys[:, :, :p].clone() for layer in session.cache.layers]
     seen = {"compressed": 0}
 
     def check(session, line):
         written = (line + 1) * width
         assert session.kv_allocated_bytes == allocated
-        for layer_idx, layer in enumerate(session.caches[0].layers):
+        for layer_idx, layer in enumerate(session.cache.layers):
             assert (layer.keys.data_ptr(), layer.values.data_ptr()) == buffers[layer_idx]
             assert torch.equal(layer.keys[:, :, :p], prefix[layer_idx])  # prefix never evicted
-            held = session.caches[0].kept_image_indices(layer_idx)
+            held = session.cache.kept_image_indices(layer_idx)
             assert held.shape[-1] == min(written, budget)  # exactly the budget once past it
             assert bool((held.diff(dim=-1) > 0).all())  # temporal order, no duplicates
             if written > budget:

@@ -127,7 +127,9 @@ def test_linear_run_keeps_the_layout_and_saves_memory(folder):
     assert line_ends.shape[1] == GRID and bool((line_ends == model.eol_id).all())
     codes = tokens.view(2, GRID, GRID + 1)[:, :, :GRID]
     assert bool(model.image_vocab[codes].all())
-    assert batch.stats.kv_saving > 0.5 and batch.stats.compressions > 0
+    # every row (the unconditional ones left-padded to the prompt's length) holds prefix + B + W' slots
+    assert batch.stats.kv_saving == pytest.approx(1 - batch.layout.capacity / batch.layout.full_length)
+    assert batch.stats.kv_saving > 0.4 and batch.stats.compressions > 0
     assert batch.images.shape[0] == 2 and batch.images.shape[-1] == batch.images.shape[-2]
 
 
@@ -150,11 +152,10 @@ def test_kept_line_ends_are_never_evicted(model):
         feed_and_record(session, tokens.to(DEVICE), 1)
         assert session.compressions > 0
         ends = {i for i in range(tokens.shape[1]) if layout.is_line_end(i)}
-        for cache in session.caches:
-            for layer in range(len(cache.layers)):
-                held = cache.kept_image_indices(layer)
-                for row_head in held.flatten(0, 1).tolist():
-                    assert ends <= set(row_head)
+        for layer in range(len(session.cache.layers)):
+            held = session.cache.kept_image_indices(layer)
+            for row_head in held.flatten(0, 1).tolist():
+                assert ends <= set(row_head)
     finally:
         session.close()
 
@@ -216,7 +217,7 @@ def test_cli_generates_with_a_vqgan_and_a_resolution(tmp_path, folder):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["family"] == "lumina-mgpt" and report["image_tokens"] == GRID * (GRID + 1)
-    assert report["kv_saving"] > 0.5 and out.is_file()
+    assert report["kv_saving"] > 0.4 and out.is_file()  # tiny layout: 30 prompt tokens beside 72 image tokens
 
 
 def test_fidelity_compares_policies_on_prompts_under_the_logits_rules(folder):
@@ -246,10 +247,11 @@ def test_7b_in_bf16_with_an_eighth_of_the_cache_fits_a_24_gib_card_where_the_ful
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert 13.0 * 2 ** 30 < weights < 13.5 * 2 ** 30  # Chameleon-7B in bf16
     conditioning = model.conditioning(torch.arange(batch, device="meta"), Guidance(4.0, "separate"))
-    uncond = shape.layout().with_prefix(conditioning.uncond_prefix.shape[1])
+    rows, prefix_len = conditioning.batched()[0].shape[:2]  # [cond; uncond], the uncond rows left-padded
+    assert rows == 2 * batch
 
     def cache(settings: CacheSettings) -> int:
-        return sum(planned_cache_bytes(model, layout, settings, batch) for layout in (shape.layout(), uncond))
+        return planned_cache_bytes(model, shape.layout().with_prefix(prefix_len), settings, rows)
 
     card = 24 * 2 ** 30
     assert weights + cache(CacheSettings("full")) > card > weights + cache(CacheSettings("linear", "1/8")) + 2 ** 30

@@ -94,7 +94,7 @@ class JanusImageModel(nn.Module):
 
     def request(self, prompt: str, negative_prompt: str, batch: int, cfg: float) -> tuple[Conditioning, Guidance, LineLayout]:
         """Conditioning, CFG layout and line layout of ``batch`` images of one prompt. With a negative
-        prompt the unconditional rows use it (their own length, so a ``separate`` cache); without,
+        prompt the unconditional rows use it (their own length: the ``separate`` layout); without,
         the padded prompt in ``[cond; uncond]`` halves as transformers does."""
         if not prompt.strip():
             raise ValueError("The prompt is empty: describe the image to generate.")

@@ -3,8 +3,8 @@
 The engine drives ``ChameleonModel`` (not the CausalLM forward, which masks image logits) and
 reads logits from ``lm_head``. An image is written as ``h`` rows of ``w`` image codes plus an
 end-of-line token each, after ``<racm3:break>`` and two size tokens that are teacher-forced; the
-unconditional branch runs on that image segment alone, with its own cache and positions from 0
-(the ``separate`` CFG layout). `constrain` applies the reference's logits rules: image codes only
+unconditional branch runs on that image segment alone, with positions from 0 (the ``separate``
+CFG layout: the engine left-pads it into the conditional batch). `constrain` applies the reference's logits rules: image codes only
 inside a row, the end-of-line token forced at each row end. Codes become pixels through our own
 Chameleon VQGAN decoder.
 """
