@@ -37,8 +37,8 @@ def attention_mask(pads: torch.Tensor, length: int, q: int) -> torch.Tensor:
     keys = torch.arange(length + q, device=pads.device)
     queries = torch.arange(length, length + q, device=pads.device)
     causal = keys[None, :] <= queries[:, None]
-    real = keys[None, None, :] >= pads[:, None, None]
     itself = keys[None, :] == queries[:, None]
+    real = real_keys(pads, length + q, pads.device)[:, None, :]
     return (causal[None] & (real | itself[None]))[:, None]
 
 

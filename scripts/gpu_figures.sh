@@ -6,7 +6,7 @@
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b lumina-768 lumina-1024 llamagen-xl janus-vs-transformers
 # (default: all, in that order). The caps are about twice the times an H200 took (Janus-Pro-1B
-# ≈85 s, -7B ≈100 s, tests ≈110 s); a Lumina-mGPT run takes minutes per policy (two forwards a token).
+# ≈85 s, -7B ≈100 s, tests ≈110 s); a Lumina-mGPT run takes minutes per policy (2,352 or 4,160 steps).
 # PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
 set -uo pipefail
 dest=${1:?usage: scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]}
