@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,7 +21,8 @@ from .compressor import Compressor, Stream
 from .guidance import Guidance
 from .layout import LineLayout
 from .policies import EvictionPolicy
-from .sampling import SamplingConfig, make_generator, sample
+from .rules import TokenRules
+from .sampling import SamplingConfig, SeededNoise, sample
 from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
 from .settings import CacheSettings
 
@@ -79,7 +80,8 @@ class DecodeSession:
     """The cache of one request (``batch`` images, CFG rows batched) and the forwards that fill it."""
 
     def __init__(self, adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
-                 settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"), seed: int = 0) -> None:
+                 settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
+                 seed: int | Sequence[int] = 0) -> None:
         self.adapter, self.settings = adapter, settings
         self.layout = layout.with_budget(settings.budget)
         self.geometry = CacheGeometry.of(adapter.backbone)
@@ -108,7 +110,7 @@ class DecodeSession:
         self.stream = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, pads=pads)
         self.compressor = Compressor(
             self.policy, settings.head_sharing, settings.cfg_mode, self.guidance.row_pairs(self.batch),
-            generator=torch.Generator().manual_seed(seed + 1),
+            generator=torch.Generator().manual_seed(first_seed(seed) + 1),
         )
         self.compression_s = 0.0
         self.compressions = 0
@@ -246,15 +248,19 @@ class Callbacks:
     preview_every_lines: int = 4
 
 
+def first_seed(seed: int | Sequence[int]) -> int:
+    return seed if isinstance(seed, int) else int(seed[0])
+
+
 def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
              settings: CacheSettings = CacheSettings(), guidance: Guidance = Guidance(1.0, "none"),
-             sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-             constrain: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-             callbacks: Callbacks = Callbacks()) -> GenerationResult:
+             sampling: SamplingConfig = SamplingConfig(), seed: int | Sequence[int] = 0,
+             rules: TokenRules | None = None, callbacks: Callbacks = Callbacks()) -> GenerationResult:
     """Sample the ``N`` image tokens of every image of the request.
 
-    ``constrain(logits, image_index)`` may rewrite the CFG-combined logits before each draw (forced
-    end-of-line tokens, vocabulary restrictions). The caches are freed when this returns or raises.
+    ``seed``: one for the request, or one per image (an image's draws then do not depend on its
+    batch). ``rules`` (a family's forced end-of-line token and image vocabulary) rewrite the
+    CFG-combined logits before each draw. The caches are freed when this returns or raises.
     """
     session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed)
     devices, lay = session.geometry.devices, session.layout
@@ -266,11 +272,12 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
         logits = session.prefill()
         synchronize(devices)
         prefill_s = time.perf_counter() - t0
-        generator = make_generator(seed, logits.device)  # the head's device: draws happen where logits are
+        noise = SeededNoise(seed, session.batch, logits.device)  # the head's device: draws happen where logits are
+        rules = rules.to(logits.device) if rules is not None else None
         line_start = t_decode = time.perf_counter()
         for i in range(lay.image_tokens):
-            step_logits = constrain(logits, i) if constrain is not None else logits
-            tokens[:, i] = sample(step_logits, sampling, generator)
+            step_logits = rules.apply(logits, lay.is_line_end(i)) if rules is not None else logits
+            tokens[:, i] = sample(step_logits, sampling, noise)
             line = lay.line_of(i)
             if callbacks.on_token is not None:
                 callbacks.on_token(i, line)

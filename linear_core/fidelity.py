@@ -31,7 +31,7 @@ def _class_request(pipeline: ClassConditionalPipeline, labels: list[int], cfg: f
 
 def _text_request(pipeline: TextToImagePipeline, prompt: str, count: int, cfg: float):
     conditioning, guidance, layout = pipeline.model.request(prompt, "", count, cfg)
-    return conditioning, guidance, layout, getattr(pipeline.model, "constrain", None)
+    return conditioning, guidance, layout, getattr(pipeline.model, "rules", None)
 
 
 @torch.inference_mode()
@@ -52,15 +52,15 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
     for index, start in enumerate(range(0, sequences, batch)):
         count = min(batch, sequences - start)
         chunk_seed = seed + start
-        conditioning, guidance, layout, constrain = (
+        conditioning, guidance, layout, rules = (
             _text_request(pipeline, prompts[index % len(prompts)], count, cfg) if text
             else _class_request(pipeline, labels[start:start + count], cfg))
-        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, constrain=constrain).tokens
+        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, rules=rules).tokens
         coupled_ref = None
         for policy, settings in plans.items():
-            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, constrain)
+            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, rules)
             coupled = coupled_agreement(model, conditioning, layout, settings, guidance, sampling, chunk_seed,
-                                        reference=coupled_ref, constrain=constrain)
+                                        reference=coupled_ref, rules=rules)
             coupled_ref = coupled.full_tokens
             weight = count / sequences
             sums[policy]["kl"] += forced.kl_mean * weight

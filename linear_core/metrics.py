@@ -17,6 +17,7 @@ from .adapter import Conditioning, ImageModelAdapter
 from .engine import DecodeSession, generate
 from .guidance import Guidance
 from .layout import LineLayout
+from .rules import TokenRules
 from .sampling import SamplingConfig
 from .settings import CacheSettings
 
@@ -48,23 +49,21 @@ def _compare(full: torch.Tensor, comp: torch.Tensor) -> tuple[torch.Tensor, torc
     return kl, full.argmax(-1) == comp.argmax(-1)
 
 
-Constrain = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def _apply_rules(constrain: Constrain | None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def _apply_rules(rules: TokenRules | None, layout: LineLayout) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``(batch, q, vocab)`` logits of image tokens ``first…first+q-1`` with the rules applied."""
-    if constrain is None:
+    if rules is None:
         return lambda logits, first: logits
-    return lambda logits, first: torch.stack([constrain(logits[:, t], first + t) for t in range(logits.shape[1])], 1)
+    ends = lambda first, q: torch.tensor([layout.is_line_end(i) for i in range(first, first + q)])  # noqa: E731
+    return lambda logits, first: rules.apply(logits, ends(first, logits.shape[1]).to(logits.device))
 
 
 @torch.inference_mode()
 def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                    tokens: torch.Tensor, settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
-                   constrain: Constrain | None = None) -> TeacherForcedReport:
-    """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``; with ``constrain`` (a
+                   rules: TokenRules | None = None) -> TeacherForcedReport:
+    """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``; with ``rules`` (a
     family's logits rules) the distributions compared are the ones sampling would draw from."""
-    rule = _apply_rules(constrain)
+    rule = _apply_rules(rules, layout)
     layout.check_sequence(conditioning.prefix.shape[1], tokens.shape[1])
     full = DecodeSession(adapter, conditioning, layout, FULL, guidance)
     comp = DecodeSession(adapter, conditioning, layout, settings, guidance)
@@ -94,13 +93,13 @@ class CoupledReport:
 def coupled_agreement(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                       settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                      reference: torch.Tensor | None = None, constrain: Constrain | None = None) -> CoupledReport:
+                      reference: torch.Tensor | None = None, rules: TokenRules | None = None) -> CoupledReport:
     """Free-running agreement of ``settings`` with the full cache under shared Gumbel noise.
     ``reference``: the full cache's tokens from an earlier call with the same arguments (reused
     when several policies are compared)."""
     coupled = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, draw="gumbel")
     run = lambda settings: generate(adapter, conditioning, layout, settings, guidance, coupled, seed,  # noqa: E731
-                                    constrain=constrain).tokens.cpu()
+                                    rules=rules).tokens.cpu()
     ref = reference.cpu() if reference is not None else run(FULL)
     out = run(settings)
     differs = ref != out

@@ -1,8 +1,15 @@
-"""Token sampling: temperature, top-k, top-p, and a seeded draw (multinomial or coupled Gumbel-max)."""
+"""Token sampling: temperature, top-k, top-p, and a seeded draw (multinomial or coupled Gumbel-max).
+
+Every draw is ``pick(filtered logits, Exp(1) noise)``: the noise comes from `SeededNoise` and the
+pick is a pure function of it. ``argmax(p / E)`` is exactly what ``torch.multinomial(p, 1,
+generator)`` computes (it draws the same ``E`` from the generator), so the eager loop samples what
+``multinomial`` would, and a captured decode step, which cannot run a generator inside its graph,
+gets its noise drawn just before each replay and picks exactly the same token.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -30,6 +37,10 @@ class SamplingConfig:
         if self.draw not in ("multinomial", "gumbel"):
             raise ValueError(f"draw must be 'multinomial' or 'gumbel', got {self.draw!r}.")
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set logits outside the top-k / nucleus to -inf (last dimension)."""
@@ -45,17 +56,46 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row of ``(batch, vocab)`` logits."""
+def pick(logits: torch.Tensor, config: SamplingConfig, noise: torch.Tensor | None) -> torch.Tensor:
+    """Tokens for ``(..., vocab)`` logits given ``Exp(1)`` noise of the same shape (None when greedy):
+    no generator and no host sync, so it can run inside a captured graph."""
     logits = logits.float()
-    if config.temperature == 0:
+    if config.greedy:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / max(config.temperature, 1e-5), config.top_k, config.top_p)
     if config.draw == "gumbel":
-        noise = torch.empty_like(logits).exponential_(1.0, generator=generator).log_().neg_()
-        return (logits + noise).argmax(dim=-1)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return (logits - noise.log()).argmax(dim=-1)
+    return (logits.softmax(dim=-1) / noise).argmax(dim=-1)
+
+
+class SeededNoise:
+    """The ``Exp(1)`` noise of a request's draws. One seed: one generator for all rows (what
+    ``torch.multinomial`` with that generator would use). One seed per image: a generator per row,
+    so an image's draws do not depend on the other images of its batch."""
+
+    def __init__(self, seed: int | Sequence[int], rows: int, device: torch.device | str) -> None:
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if not isinstance(seed, int) and len(seeds) != rows:
+            raise ValueError(f"Give one seed, or one seed per image: {len(seeds)} seeds for {rows} images.")
+        self.per_row = not isinstance(seed, int)
+        self.generators = [make_generator(s, device) for s in seeds]
+
+    def fill(self, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` ``(rows, ..., vocab)`` with fresh noise, in place (a captured step's input)."""
+        if not self.per_row:
+            return out.exponential_(1.0, generator=self.generators[0])
+        for row, generator in zip(out, self.generators):
+            row.exponential_(1.0, generator=generator)
+        return out
+
+    def draw(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        return self.fill(torch.empty(shape, dtype=torch.float32, device=device))
+
+
+def sample(logits: torch.Tensor, config: SamplingConfig, noise: SeededNoise | None) -> torch.Tensor:
+    """Draw one token per row of ``(batch, vocab)`` logits."""
+    drawn = None if config.greedy else noise.draw(logits.shape, logits.device)
+    return pick(logits, config, drawn)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

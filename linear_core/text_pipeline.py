@@ -2,7 +2,7 @@
 
 A text-to-image family adapter provides ``request(prompt, negative_prompt, batch, cfg)``,
 ``decode(tokens)``, ``raster`` (its line layout without prefix), ``vocab`` and, where the
-reference restricts or forces tokens, ``constrain(logits, image_index)``.
+reference restricts or forces tokens, ``rules`` (a `TokenRules`).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class TextToImagePipeline(ImagePipeline):
         with torch.inference_mode():
             conditioning, guidance, layout = self.model.request(prompt, negative_prompt, batch, cfg)
         result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed,
-                          constrain=getattr(self.model, "constrain", None), callbacks=callbacks)
+                          rules=getattr(self.model, "rules", None), callbacks=callbacks)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,

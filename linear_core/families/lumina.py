@@ -4,8 +4,8 @@ The engine drives ``ChameleonModel`` (not the CausalLM forward, which masks imag
 reads logits from ``lm_head``. An image is written as ``h`` rows of ``w`` image codes plus an
 end-of-line token each, after ``<racm3:break>`` and two size tokens that are teacher-forced; the
 unconditional branch runs on that image segment alone, with positions from 0 (the ``separate``
-CFG layout: the engine left-pads it into the conditional batch). `constrain` applies the reference's logits rules: image codes only
-inside a row, the end-of-line token forced at each row end. Codes become pixels through our own
+CFG layout: the engine left-pads it into the conditional batch). `rules` are the reference's logits
+rules: image codes only inside a row, the end-of-line token forced at each row end. Codes become pixels through our own
 Chameleon VQGAN decoder.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..devices import dispatch
 from ..guidance import Guidance
 from ..images import grey_unfinished
 from ..layout import LineLayout
+from ..rules import TokenRules
 
 #: the reference's text-to-image request; the end-of-turn token follows it
 TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
@@ -119,15 +120,11 @@ class LuminaImageModel(nn.Module):
         uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
         return Conditioning(embed([ids] * batch), embed([uncond] * batch)), Guidance(cfg, "separate"), layout
 
-    def constrain(self, logits: torch.Tensor, image_index: int) -> torch.Tensor:
-        """The reference's rules on CFG-mixed logits ``(batch, vocab)`` for raster token ``image_index``:
-        the end-of-line token at a row end, otherwise image codes only."""
-        if (image_index + 1) % (self.grid + 1) == 0:
-            forced = torch.full_like(logits, float("-inf"))
-            forced[:, self.eol_id] = 0.0
-            return forced
-        allowed = self.image_vocab.to(logits.device)
-        return logits.masked_fill(~allowed, float("-inf"))
+    @property
+    def rules(self) -> TokenRules:
+        """The reference's rules on CFG-mixed logits: the end-of-line token at a row end, otherwise
+        image codes only."""
+        return TokenRules(self.image_vocab, self.eol_id)
 
     # -- images ----------------------------------------------------------------------------------
     @torch.inference_mode()
