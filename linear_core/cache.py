@@ -6,6 +6,10 @@ the cache is built. Slots ``[0, prefix)`` hold the conditioning and are never to
 visual slots after them hold image tokens in temporal order. Eviction gathers the kept visual
 slots to the front of the visual region; keys stay post-RoPE and positions stay absolute, so the
 cache reports its *logical* length (tokens ever written) to transformers, not its physical one.
+
+In static mode (a `StaticCursor` attached, see `static_step`) ``update`` writes at a slot held on the
+device and returns a fixed-width view of the buffers, so a decode step has the same shapes every
+time and can be replayed from a CUDA graph; the host counters are then advanced by the engine.
 """
 from __future__ import annotations
 
@@ -15,6 +19,17 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .layout import LineLayout
+
+
+class StaticCursor:
+    """Where a cache in static mode writes, held on the device: ``slot`` is the physical slot of the
+    next token (``write`` the slots of the tokens of the current step), ``width`` how many slots
+    attention reads (the capacity, or a narrower bucket of it)."""
+
+    def __init__(self, device: torch.device, width: int) -> None:
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.write = self.slot
+        self.width = width
 
 
 class LineARLayer(CacheLayerMixin):
@@ -51,12 +66,16 @@ class LineARLayer(CacheLayerMixin):
         self.written = 0  # logical length: tokens ever written
         self.dtype, self.device = dtype, device
         self.is_initialized = True
+        self.cursor: StaticCursor | None = None
+        self.unindexed = 0  # tokens written in static mode whose raster index is not recorded yet
 
     # -- transformers Cache layer API ---------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Buffers are allocated up front; nothing to do."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.cursor is not None:
+            return self._write_static(key_states, value_states)
         q = key_states.shape[-2]
         end = self.length + q
         if end > self.capacity:
@@ -76,6 +95,27 @@ class LineARLayer(CacheLayerMixin):
         self.length, self.written = end, self.written + q
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def _write_static(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Write at the device slots of the cursor; no host counter is read or changed."""
+        self.keys.index_copy_(2, self.cursor.write, key_states)
+        self.values.index_copy_(2, self.cursor.write, value_states)
+        width = self.cursor.width
+        return self.keys[:, :, :width], self.values[:, :, :width]
+
+    def advance(self, q: int) -> None:
+        """Host bookkeeping of ``q`` image tokens a static step wrote (their raster indices are
+        recorded by `index_written`, once per line)."""
+        self.length, self.written, self.unindexed = self.length + q, self.written + q, self.unindexed + q
+
+    def index_written(self) -> None:
+        """Record the raster index of the image tokens static steps wrote since the last call: they
+        fill the slots before ``length`` in order, as the eager `update` would have recorded them."""
+        if self.unindexed:
+            count, end = self.unindexed, self.length - self.prefix_len
+            first_image = self.written - self.prefix_len - count
+            self.image_index[:, :, end - count:end] = torch.arange(first_image, first_image + count, device=self.device)
+            self.unindexed = 0
+
     def get_seq_length(self) -> int:
         return self.written
 
@@ -88,7 +128,7 @@ class LineARLayer(CacheLayerMixin):
         return self.capacity
 
     def reset(self) -> None:
-        self.length = self.written = 0
+        self.length = self.written = self.unindexed = 0
         self.image_index.fill_(-1)
         if self.slot_scores is not None:
             self.slot_scores.zero_()
@@ -168,6 +208,20 @@ class LineARCache(Cache):
     def written(self) -> int:
         return self.layers[0].written
 
+    def attach(self, cursor: StaticCursor | None) -> None:
+        """Switch every layer to static writes at ``cursor`` (None: back to eager writes)."""
+        for layer in self.layers:
+            layer.index_written()
+            layer.cursor = cursor
+
+    def advance(self, q: int) -> None:
+        for layer in self.layers:
+            layer.advance(q)
+
+    def index_written(self) -> None:
+        for layer in self.layers:
+            layer.index_written()
+
     @property
     def image_written(self) -> int:
         """Image tokens whose KV has been written so far."""
@@ -185,11 +239,13 @@ class LineARCache(Cache):
     def kept_image_indices(self, layer_idx: int) -> torch.Tensor:
         """``(rows, kv_heads, visual)`` raster indices held by a layer (-1 = empty slot)."""
         layer = self.layers[layer_idx]
+        layer.index_written()
         return layer.image_index[:, :, :layer.visual_length]
 
     def release(self) -> None:
         """Drop the buffers now (an interrupted or finished run must not hold device memory)."""
         for layer in self.layers:
+            layer.cursor = None
             layer.keys = layer.values = None
             layer.image_index = layer.slot_scores = None
             layer.is_initialized = False

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from .archs import ARCHS
-from .bench import format_table, run_bench
+from .bench import DECODES, format_table, run_bench
 from .demo import DEMO_NAME
 from .devices import DTYPES
 from .fidelity import fidelity_report, format_fidelity
@@ -68,6 +68,26 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _decode_options(parser)
+
+
+def _decode_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument("--decode", type=_decodes, default=("auto",),
+                            help="comma-separated, side by side: auto, static, eager, compiled (static + inductor)")
+    else:
+        parser.add_argument("--decode", default="auto", choices=("auto", "static", "eager"),
+                            help="static: fixed-shape step, CUDA-graph captured on GPUs (default where it runs)")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="inductor for the static step (auto: off; worth it for many requests in one process)")
+
+
+def _decodes(text: str) -> tuple[str, ...]:
+    names = tuple(d.strip() for d in text.split(",") if d.strip())
+    unknown = [d for d in names if d not in DECODES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown decode {', '.join(unknown)}; choose from {', '.join(DECODES)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_options(fid)
 
     bench = sub.add_parser("bench", help="throughput and KV memory of policies side by side (random weights)")
-    bench.add_argument("--arch", default="llamagen-b", choices=sorted(ARCHS))
+    bench.add_argument("--arch", default="llamagen-b", choices=sorted(ARCHS) + [DEMO_NAME],
+                       help=f"a real shape with random weights, or the trained {DEMO_NAME}")
     bench.add_argument("--policies", type=_policies, default=("full", "linear"), help="comma-separated, first = baseline")
     bench.add_argument("--budget", default="1/6", help="ratio of image tokens ('1/6', '0.25') or lines ('4 lines'); several: '1/4,1/6'")
     bench.add_argument("--batch", type=int, default=1, help="images (CFG doubles the rows)")
@@ -121,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--vs-transformers", action="store_true",
                        help="janus-pro-*: time transformers' own generate(generation_mode='image') against the engine")
+    bench.add_argument("--peak-bandwidth", type=float, default=None,
+                       help="memory bandwidth in GB/s for the roofline (default: the GPU table, or measured)")
+    bench.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for the roofline")
+    _decode_options(bench, several=True)
     _cache_options(bench)
     return parser
 
@@ -139,13 +164,15 @@ def _generate(args: argparse.Namespace) -> dict:
     if isinstance(pipeline, TextToImagePipeline):
         if not args.prompt:
             raise ValueError(f"{pipeline.name} draws from text: give --prompt \"...\".")
-        batch = pipeline.generate(args.prompt, args.negative_prompt, args.batch, settings, args.cfg, sampling, args.seed)
+        batch = pipeline.generate(args.prompt, args.negative_prompt, args.batch, settings, args.cfg, sampling, args.seed,
+                                  decode=args.decode, compile=args.compile)
     else:
         if args.prompt:
             raise ValueError(f"{pipeline.name} is class-conditional: give --label instead of --prompt.")
         labels = args.label or ["0"]
         labels = [labels[i % len(labels)] for i in range(args.batch)]
-        batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed)
+        batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed, decode=args.decode,
+                                  compile=args.compile)
     path = save_png(batch.images, args.out)
     return {"image": str(path), **batch.summary()}
 
@@ -161,23 +188,38 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fidelity":
             pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads)
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
-                                     args.seed, _settings(args), tuple(args.prompt or ()))
+                                     args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile)
             text = format_fidelity(report)
         elif args.vs_transformers:
             if not args.arch.startswith("janus"):
                 raise ValueError("--vs-transformers compares with transformers' Janus generate: use --arch janus-pro-1b or janus-pro-7b.")
             budgets = tuple(b.strip() for b in args.budget.split(",") if b.strip())
-            report = bench_vs_transformers(args.arch, args.layers, args.batch, budgets, args.device, args.dtype)
+            decode = args.decode[0] if len(args.decode) == 1 else "auto"
+            report = bench_vs_transformers(args.arch, args.layers, args.batch, budgets, args.device, args.dtype,
+                                           decode=DECODES[decode][0], compile=DECODES[decode][1])
             text = format_vs_transformers(report)
         else:
             report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
-                               args.device, args.dtype, args.repeats, base=_settings(args))
+                               args.device, args.dtype, args.repeats, base=_settings(args), decodes=args.decode,
+                               peak_bandwidth=args.peak_bandwidth and args.peak_bandwidth * 1e9,
+                               peak_tflops=args.peak_tflops)
             text = format_table(report)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for note in decode_notes(report):
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
+
+
+def decode_notes(report: dict) -> set[str]:
+    """Why a static decode ran eagerly, wherever a report says so."""
+    found = {report["decode_note"]} if report.get("decode_note") else set()
+    for entry in report.get("results", {}).values():
+        if isinstance(entry, dict) and entry.get("decode_note"):
+            found.add(entry["decode_note"])
+    return found
 
 
 def _format_generate(report: dict) -> str:

@@ -49,6 +49,7 @@ class Compressor:
     def boundary(self, stream: Stream) -> int:
         """Observe and, past the budget, evict on every layer. Returns the slots evicted per row and head."""
         cache = stream.cache
+        cache.index_written()
         budget = cache.layout.budget_tokens
         evicted = 0
         for layer_idx, layer in enumerate(cache.layers):

@@ -25,6 +25,7 @@ from .rules import TokenRules
 from .sampling import SamplingConfig, SeededNoise, sample
 from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
 from .settings import CacheSettings
+from .static_step import StaticDecoder, resolve_decode
 
 
 class GenerationInterrupted(RuntimeError):
@@ -81,7 +82,10 @@ class DecodeSession:
 
     def __init__(self, adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                  settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
-                 seed: int | Sequence[int] = 0) -> None:
+                 seed: int | Sequence[int] = 0, decode: str = "eager", compile: str = "auto") -> None:
+        """``decode``: ``eager`` (a transformers forward per step), ``static`` (the static step of
+        `static_step`, captured or compiled where it can be) or ``auto`` (static where it runs);
+        ``compile``: ``auto``, ``on`` or ``off`` (inductor for the static step)."""
         self.adapter, self.settings = adapter, settings
         self.layout = layout.with_budget(settings.budget)
         self.geometry = CacheGeometry.of(adapter.backbone)
@@ -114,6 +118,9 @@ class DecodeSession:
         )
         self.compression_s = 0.0
         self.compressions = 0
+        self.step_impl, self.decode_note = resolve_decode(decode, compile, self.geometry, adapter.backbone)
+        self.static: StaticDecoder | None = None  # built at prefill when the step is static
+        self.slots_read = 0  # cache slots (per row and layer) the decode forwards' attention read
 
     # -- forwards --------------------------------------------------------------------------
     def _forward(self, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -137,7 +144,10 @@ class DecodeSession:
         """Run the prefix; returns CFG-combined logits ``(batch, vocab)`` for image token 0."""
         if self.stream.cache.written:
             raise RuntimeError("prefill() was already called on this session.")
-        return self.guidance.combine(self._forward(self.prefix, last_only=True)[:, -1])
+        logits = self.guidance.combine(self._forward(self.prefix, last_only=True)[:, -1])
+        if self.step_impl != "eager":
+            self.static = StaticDecoder(self, logits.shape[-1], self.step_impl)
+        return logits
 
     @torch.inference_mode()
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -149,10 +159,28 @@ class DecodeSession:
         line_end = (start // self.layout.line_tokens + 1) * self.layout.line_tokens
         if start + q > min(line_end, self.layout.image_tokens):
             raise ValueError(f"Chunk of {q} tokens from image token {start} crosses the line end at {line_end}.")
-        logits = self._forward(self.adapter.embed_image_tokens(self.guidance.expand_tokens(tokens)))
+        if self.static is not None:
+            logits = self.static.feed(tokens)
+        else:
+            logits = self.guidance.combine(self._forward(self.adapter.embed_image_tokens(self.guidance.expand_tokens(tokens))))
+            self.slots_read += self.stream.cache.layers[0].length
         if start + q == line_end:
             self._boundary()
-        return self.guidance.combine(logits)
+        return logits
+
+    @torch.inference_mode()
+    def sample_next(self) -> None:
+        """Static decoding: feed the last drawn token and draw the next one into ``static.tokens``,
+        in one replayed step; compresses when the token fed completes a line."""
+        self.static.sample_next()
+        if self.stream.cache.image_written % self.layout.line_tokens == 0:
+            self._boundary()
+
+    def advance(self, q: int) -> None:
+        """Host counters after a static step wrote ``q`` tokens."""
+        self.stream.cache.advance(q)
+        if self.stream.queries is not None:
+            self.stream.queries.advance(q)
 
     def _boundary(self) -> None:
         devices = self.geometry.devices
@@ -160,6 +188,8 @@ class DecodeSession:
         t0 = time.perf_counter()
         if self.compressor.boundary(self.stream):
             self.compressions += 1
+        if self.static is not None:
+            self.static.after_boundary()
         synchronize(devices)
         self.compression_s += time.perf_counter() - t0
 
@@ -193,6 +223,9 @@ class DecodeSession:
         return maps.half()
 
     def close(self) -> None:
+        if self.static is not None:
+            self.static.close()
+            self.static = None
         self.stream.cache.release()
         self.stream.queries = None
 
@@ -210,6 +243,13 @@ class GenerationStats:
     decode_s: float
     compression_s: float
     compressions: int
+    decode: str = "eager"  # the step that ran: eager, or static (cuda-graph, compiled, plain)
+    decode_step: str = "eager"
+    decode_note: str | None = None  # why a static request ran eagerly
+    forwards: int = 0  # model forwards of the decode (the prefill not counted)
+    compile_s: float = 0.0  # capture / compile time, not part of decode_s
+    kv_slots_read: int = 0  # cache slots per row and layer that the decode's attention read
+    vocab: int = 0
     line_seconds: list[float] = field(default_factory=list)
     kept_map: torch.Tensor | None = None
 
@@ -223,12 +263,16 @@ class GenerationStats:
         return self.batch * self.image_tokens / max(self.total_s, 1e-9)
 
     @property
+    def step_ms(self) -> float:
+        return 1e3 * self.decode_s / max(self.forwards, 1)
+
+    @property
     def kv_saving(self) -> float:
         return 1.0 - self.kv_allocated_bytes / max(self.full_kv_bytes, 1)
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("kept_map",)}
-        out.update(total_s=self.total_s, tokens_per_s=self.tokens_per_s, kv_saving=self.kv_saving)
+        out.update(total_s=self.total_s, tokens_per_s=self.tokens_per_s, kv_saving=self.kv_saving, step_ms=self.step_ms)
         return out
 
 
@@ -255,16 +299,17 @@ def first_seed(seed: int | Sequence[int]) -> int:
 def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
              settings: CacheSettings = CacheSettings(), guidance: Guidance = Guidance(1.0, "none"),
              sampling: SamplingConfig = SamplingConfig(), seed: int | Sequence[int] = 0,
-             rules: TokenRules | None = None, callbacks: Callbacks = Callbacks()) -> GenerationResult:
+             rules: TokenRules | None = None, callbacks: Callbacks = Callbacks(), decode: str = "auto",
+             compile: str = "auto") -> GenerationResult:
     """Sample the ``N`` image tokens of every image of the request.
 
     ``seed``: one for the request, or one per image (an image's draws then do not depend on its
     batch). ``rules`` (a family's forced end-of-line token and image vocabulary) rewrite the
-    CFG-combined logits before each draw. The caches are freed when this returns or raises.
+    CFG-combined logits before each draw. ``decode`` / ``compile``: see `DecodeSession`. The caches
+    (and captured graphs) are freed when this returns or raises.
     """
-    session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed)
+    session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed, decode, compile)
     devices, lay = session.geometry.devices, session.layout
-    tokens = torch.zeros(session.batch, lay.image_tokens, dtype=torch.long, device=session.geometry.device)
     line_seconds: list[float] = []
     try:
         synchronize(devices)
@@ -274,16 +319,26 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
         prefill_s = time.perf_counter() - t0
         noise = SeededNoise(seed, session.batch, logits.device)  # the head's device: draws happen where logits are
         rules = rules.to(logits.device) if rules is not None else None
+        first = sample(rules.apply(logits, lay.is_line_end(0)) if rules is not None else logits, sampling, noise)
+        static = session.static
+        if static is not None:
+            tokens = static.start(first, sampling, rules, noise)
+        else:
+            tokens = torch.zeros(session.batch, lay.image_tokens, dtype=torch.long, device=logits.device)
+            tokens[:, 0] = first
         line_start = t_decode = time.perf_counter()
         for i in range(lay.image_tokens):
-            step_logits = rules.apply(logits, lay.is_line_end(i)) if rules is not None else logits
-            tokens[:, i] = sample(step_logits, sampling, noise)
+            if i and static is None:
+                tokens[:, i] = sample(rules.apply(logits, lay.is_line_end(i)) if rules is not None else logits,
+                                      sampling, noise)
             line = lay.line_of(i)
             if callbacks.on_token is not None:
                 callbacks.on_token(i, line)
             if callbacks.should_stop is not None and callbacks.should_stop():
                 raise GenerationInterrupted(f"Generation stopped at image token {i} (line {line}).")
-            if i + 1 < lay.image_tokens:
+            if i + 1 < lay.image_tokens and static is not None:
+                session.sample_next()
+            elif i + 1 < lay.image_tokens:
                 logits = session.feed(tokens[:, i:i + 1])[:, -1]
             if lay.is_line_end(i):
                 synchronize(devices)
@@ -293,14 +348,18 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
                 if callbacks.on_preview is not None and (line + 1) % max(1, callbacks.preview_every_lines) == 0:
                     callbacks.on_preview(tokens[:, : i + 1], line)
         synchronize(devices)
-        decode_s = time.perf_counter() - t_decode
+        compile_s = static.timing.compile_s if static is not None else 0.0
+        decode_s = time.perf_counter() - t_decode - compile_s
         stats = GenerationStats(
             policy=settings.policy, budget_tokens=lay.budget_tokens, image_tokens=lay.image_tokens,
             batch=session.batch, kv_allocated_bytes=session.kv_allocated_bytes,
             full_kv_bytes=session.full_kv_bytes, query_buffer_bytes=session.query_buffer_bytes,
             prefill_s=prefill_s, decode_s=decode_s, compression_s=session.compression_s,
-            compressions=session.compressions, line_seconds=line_seconds, kept_map=session.kept_map(),
+            compressions=session.compressions, decode="eager" if static is None else "static",
+            decode_step=session.step_impl, decode_note=session.decode_note, forwards=lay.image_tokens - 1,
+            compile_s=compile_s, kv_slots_read=session.slots_read, vocab=logits.shape[-1],
+            line_seconds=line_seconds, kept_map=session.kept_map(),
         )
-        return GenerationResult(tokens, stats)
+        return GenerationResult(tokens.clone() if static is not None else tokens, stats)
     finally:
         session.close()

@@ -37,7 +37,8 @@ def _text_request(pipeline: TextToImagePipeline, prompt: str, count: int, cfg: f
 @torch.inference_mode()
 def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: str = "1/4",
                     sequences: int = 40, batch: int = 20, cfg: float | None = None, seed: int = 0,
-                    base: CacheSettings = CacheSettings(), prompts: tuple[str, ...] = ()) -> dict:
+                    base: CacheSettings = CacheSettings(), prompts: tuple[str, ...] = (), decode: str = "auto",
+                    compile: str = "auto") -> dict:
     model, layout = pipeline.model, pipeline.layout
     cfg = pipeline.defaults.cfg if cfg is None else cfg
     sampling = pipeline.defaults.sampling()
@@ -55,12 +56,13 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
         conditioning, guidance, layout, rules = (
             _text_request(pipeline, prompts[index % len(prompts)], count, cfg) if text
             else _class_request(pipeline, labels[start:start + count], cfg))
-        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, rules=rules).tokens
+        tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, rules=rules,
+                          decode=decode, compile=compile).tokens
         coupled_ref = None
         for policy, settings in plans.items():
-            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, rules)
+            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, rules, decode, compile)
             coupled = coupled_agreement(model, conditioning, layout, settings, guidance, sampling, chunk_seed,
-                                        reference=coupled_ref, rules=rules)
+                                        reference=coupled_ref, rules=rules, decode=decode, compile=compile)
             coupled_ref = coupled.full_tokens
             weight = count / sequences
             sums[policy]["kl"] += forced.kl_mean * weight
@@ -71,7 +73,7 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
     return {
         "model": pipeline.name, "budget": str(budget), "budget_tokens": budget_tokens,
         "image_tokens": layout.image_tokens, "n_sequences": sequences, "cfg": cfg, "seed": seed,
-        "keep_line_ends": base.keep_line_ends, **({"prompts": list(prompts)} if prompts else {}),
+        "keep_line_ends": base.keep_line_ends, "decode": decode, **({"prompts": list(prompts)} if prompts else {}),
         "results": {p: {"kl_mean": s["kl"], "top1_agreement": s["top1"], "coupled_agreement": s["coupled"],
                         "kl_per_line": [round(v, 6) for v in s["kl_lines"].tolist()]} for p, s in sums.items()},
     }

@@ -47,7 +47,7 @@ def random_janus(arch: str = "janus-pro-1b", layers: int | None = None, dtype: t
 
 def bench_vs_transformers(arch: str = "janus-pro-1b", layers: int | None = 4, batch: int = 1,
                           budgets: tuple[str, ...] = ("1/4", "1/6"), device: str | None = None, dtype: str = "fp32",
-                          cfg: float = 5.0, seed: int = 0) -> dict:
+                          cfg: float = 5.0, seed: int = 0, decode: str = "auto", compile: str = "auto") -> dict:
     device = device or default_device()
     model = random_janus(arch, layers, DTYPES[dtype], device, seed)
     adapter = JanusImageModel(model, special_ids=(BOS, PAD, BOI))
@@ -66,9 +66,10 @@ def bench_vs_transformers(arch: str = "janus-pro-1b", layers: int | None = 4, ba
         return time.perf_counter() - start, tokens
 
     def engine_run(settings: CacheSettings):
-        return generate(adapter, conditioning, layout, settings, guidance, sampling, seed)
+        return generate(adapter, conditioning, layout, settings, guidance, sampling, seed, decode=decode,
+                        compile=compile)
 
-    engine_run(CacheSettings("full"))  # warm-up of both paths
+    engine_run(CacheSettings("full"))  # warm-up of both paths (the static step's capture is timed apart anyway)
     transformers_run()
     results = {}
     seconds, reference_tokens = transformers_run()
@@ -79,7 +80,9 @@ def bench_vs_transformers(arch: str = "janus-pro-1b", layers: int | None = 4, ba
         stats = result.stats
         results[name] = {"tokens_per_s": stats.tokens_per_s, "seconds": stats.total_s,
                          "peak_kv_bytes": stats.kv_allocated_bytes, "full_kv_bytes": stats.full_kv_bytes,
-                         "kv_saving": stats.kv_saving, "budget_tokens": stats.budget_tokens}
+                         "kv_saving": stats.kv_saving, "budget_tokens": stats.budget_tokens, "decode": stats.decode,
+                         "decode_step": stats.decode_step, "decode_note": stats.decode_note,
+                         "forwards": stats.forwards, "compile_s": stats.compile_s, "step_ms": stats.step_ms}
         if name == "full":
             results[name]["same_tokens_as_transformers"] = bool(torch.equal(result.tokens.cpu(), reference_tokens.cpu()))
     base = results["transformers.generate"]["tokens_per_s"]

@@ -60,13 +60,13 @@ def _apply_rules(rules: TokenRules | None, layout: LineLayout) -> Callable[[torc
 @torch.inference_mode()
 def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                    tokens: torch.Tensor, settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
-                   rules: TokenRules | None = None) -> TeacherForcedReport:
+                   rules: TokenRules | None = None, decode: str = "eager", compile: str = "auto") -> TeacherForcedReport:
     """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``; with ``rules`` (a
     family's logits rules) the distributions compared are the ones sampling would draw from."""
     rule = _apply_rules(rules, layout)
     layout.check_sequence(conditioning.prefix.shape[1], tokens.shape[1])
-    full = DecodeSession(adapter, conditioning, layout, FULL, guidance)
-    comp = DecodeSession(adapter, conditioning, layout, settings, guidance)
+    full = DecodeSession(adapter, conditioning, layout, FULL, guidance, decode=decode, compile=compile)
+    comp = DecodeSession(adapter, conditioning, layout, settings, guidance, decode=decode, compile=compile)
     n, width = layout.image_tokens, layout.line_tokens
     tokens = tokens.to(full.geometry.device)
     kls, agree = [], []
@@ -93,13 +93,14 @@ class CoupledReport:
 def coupled_agreement(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                       settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                      reference: torch.Tensor | None = None, rules: TokenRules | None = None) -> CoupledReport:
+                      reference: torch.Tensor | None = None, rules: TokenRules | None = None,
+                      decode: str = "auto", compile: str = "auto") -> CoupledReport:
     """Free-running agreement of ``settings`` with the full cache under shared Gumbel noise.
     ``reference``: the full cache's tokens from an earlier call with the same arguments (reused
     when several policies are compared)."""
     coupled = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, draw="gumbel")
     run = lambda settings: generate(adapter, conditioning, layout, settings, guidance, coupled, seed,  # noqa: E731
-                                    rules=rules).tokens.cpu()
+                                    rules=rules, decode=decode, compile=compile).tokens.cpu()
     ref = reference.cpu() if reference is not None else run(FULL)
     out = run(settings)
     differs = ref != out

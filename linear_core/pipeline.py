@@ -77,6 +77,8 @@ class ImageBatch:
             "kv_saving": stats.kv_saving, "query_buffer_bytes": stats.query_buffer_bytes,
             "tokens_per_s": stats.tokens_per_s, "seconds": self.seconds, "prefill_s": stats.prefill_s,
             "decode_s": stats.decode_s, "compression_s": stats.compression_s, "image_decode_s": self.decode_s,
+            "decode": stats.decode, "decode_step": stats.decode_step, "decode_note": stats.decode_note,
+            "forwards": stats.forwards, "compile_s": stats.compile_s, "step_ms": stats.step_ms,
         }
 
 
@@ -89,7 +91,18 @@ def describe_summary(summary: dict) -> str:
         f"({summary['kv_saving'] * 100:.1f}% saved)",
         f"{summary['tokens_per_s']:.1f} tokens/s, {summary['seconds']:.2f} s (decode {summary['decode_s']:.2f} s, "
         f"compression {summary['compression_s']:.2f} s, image {summary['image_decode_s']:.2f} s)",
+        describe_decode(summary),
     ])
+
+
+def describe_decode(summary: dict) -> str:
+    """Which step ran, what it cost apart from decoding, and why a static request ran eagerly."""
+    step = summary.get("decode_step", "eager")
+    line = f"decode {summary.get('decode', 'eager')}" + (f" ({step})" if step != "eager" else "")
+    line += f", {summary.get('step_ms', 0.0):.2f} ms/step"
+    if summary.get("compile_s"):
+        line += f", compile/capture {summary['compile_s']:.1f} s (not in the decode time)"
+    return line + (f"; {summary['decode_note']}" if summary.get("decode_note") else "")
 
 
 #: bytes of fp32 logits work per batched row and vocabulary entry (logits, CFG mix, top-k sort, softmax)
@@ -157,8 +170,10 @@ class ClassConditionalPipeline(ImagePipeline):
         return planned_cache_bytes(self.model, self.layout, settings, rows) + rows * self.model.spec.vocab * LOGIT_WORK_BYTES
 
     def generate(self, labels: Sequence[str | int], settings: CacheSettings = CacheSettings(), cfg: float | None = None,
-                 sampling: SamplingConfig | None = None, seed: int = 0, callbacks: Callbacks = Callbacks()) -> ImageBatch:
-        """One image per entry of ``labels`` (ids or names), decoded to RGB."""
+                 sampling: SamplingConfig | None = None, seed: int | Sequence[int] = 0,
+                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto") -> ImageBatch:
+        """One image per entry of ``labels`` (ids or names), decoded to RGB. ``seed``: one for the
+        request, or one per image; ``decode`` / ``compile``: see `engine.DecodeSession`."""
         ids = [self.label(value) for value in labels]
         if not ids:
             raise ValueError("Give at least one class label.")
@@ -166,7 +181,8 @@ class ClassConditionalPipeline(ImagePipeline):
         sampling = sampling or self.defaults.sampling()
         guidance = self.model.guidance(cfg)
         conditioning = self.model.conditioning(torch.tensor(ids, device=self.device), guidance)
-        result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks)
+        result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks,
+                          decode=decode, compile=compile)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)  # the copy to the CPU waits for the device
         used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,

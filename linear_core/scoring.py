@@ -22,25 +22,40 @@ CAPTURE_KWARG = "linear_ar_queries"
 
 class LineQueryBuffer:
     """Preallocated post-RoPE queries of the last ``window`` tokens of the current line, per layer
-    (each on its layer's device)."""
+    (each on its layer's device).
+
+    A static decode step writes at ``static_slots`` (device indices it computes from its line
+    counter; queries before the window go to one scratch slot after it), so capture needs no host
+    branch; the eager path slices with the host counter ``line_pos``."""
 
     def __init__(self, num_layers: int, rows: int, q_heads: int, head_dim: int, line_tokens: int,
                  window: int, dtype: torch.dtype, device: Devices) -> None:
         self.window = min(window, line_tokens)
         self.line_tokens = line_tokens
-        self.queries = [torch.zeros(rows, q_heads, self.window, head_dim, dtype=dtype, device=layer_device)
-                        for layer_device in per_layer(device, num_layers)]
+        self.slots = [torch.zeros(rows, q_heads, self.window + 1, head_dim, dtype=dtype, device=layer_device)
+                      for layer_device in per_layer(device, num_layers)]
+        self.queries = [slots[:, :, :self.window] for slots in self.slots]
         self.scaling = [1.0] * num_layers
         self.line_pos = 0  # tokens of the current line fed so far (advanced by the engine)
+        self.static_slots: torch.Tensor | None = None
+
+    def static_slots_for(self, line_pos: torch.Tensor, q: int) -> torch.Tensor:
+        """Buffer slots of the ``q`` queries from device line position ``line_pos`` (scratch for
+        those before the window)."""
+        slots = line_pos + torch.arange(q, device=line_pos.device) - (self.line_tokens - self.window)
+        return torch.where(slots >= 0, slots, self.window)
 
     def capture(self, layer_idx: int, query: torch.Tensor, scaling: float) -> None:
+        self.scaling[layer_idx] = scaling
+        if self.static_slots is not None:
+            self.slots[layer_idx].index_copy_(2, self.static_slots, query)
+            return
         q = query.shape[-2]
         first_kept = self.line_tokens - self.window  # line slots before this are not needed
         start, end = self.line_pos, self.line_pos + q
         lo = max(start, first_kept)
         if lo < end:
             self.queries[layer_idx][:, :, lo - first_kept:end - first_kept] = query[:, :, lo - start:]
-        self.scaling[layer_idx] = scaling
 
     def advance(self, q: int) -> None:
         self.line_pos += q
@@ -50,7 +65,7 @@ class LineQueryBuffer:
 
     @property
     def allocated_bytes(self) -> int:
-        return sum(q.numel() * q.element_size() for q in self.queries)
+        return sum(q.numel() * q.element_size() for q in self.slots)
 
 
 def _linear_ar_attention(module, query, key, value, attention_mask, **kwargs):
@@ -80,7 +95,7 @@ def line_attention(buffer: LineQueryBuffer, layer_idx: int, keys: torch.Tensor,
     rows, q_heads, window, dim = queries.shape
     kv_heads, length = keys.shape[1], keys.shape[2]
     group = q_heads // kv_heads
-    q = queries.view(rows, kv_heads, group * window, dim).float()
+    q = queries.reshape(rows, kv_heads, group * window, dim).float()
     logits = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(buffer.scaling[layer_idx])
     logits = logits.view(rows, kv_heads, group, window, length)
     # Query t of the window sits at line slot (W' - window + t); key slot L - W' + p is visible iff p <= that.

@@ -62,7 +62,7 @@ class TextToImagePipeline(ImagePipeline):
 
     def generate(self, prompt: str, negative_prompt: str = "", batch: int = 1, settings: CacheSettings = CacheSettings(),
                  cfg: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
-                 callbacks: Callbacks = Callbacks()) -> ImageBatch:
+                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto") -> ImageBatch:
         """``batch`` images of one prompt, decoded to RGB."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}.")
@@ -71,7 +71,8 @@ class TextToImagePipeline(ImagePipeline):
         with torch.inference_mode():
             conditioning, guidance, layout = self.model.request(prompt, negative_prompt, batch, cfg)
         result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed,
-                          rules=getattr(self.model, "rules", None), callbacks=callbacks)
+                          rules=getattr(self.model, "rules", None), callbacks=callbacks, decode=decode,
+                          compile=compile)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,

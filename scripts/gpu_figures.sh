@@ -4,16 +4,21 @@
 # time cap inside one overall budget, and the results are packed after each step: a run cut short
 # still returns what it finished.
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
-# STEP: tests janus-pro-1b janus-pro-7b lumina-768 lumina-1024 llamagen-xl janus-vs-transformers
-# (default: all, in that order). The caps are about twice the times an H200 took (Janus-Pro-1B
-# ≈85 s, -7B ≈100 s, tests ≈110 s); a Lumina-mGPT run takes minutes per policy (2,352 or 4,160 steps).
+# STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
+#       janus-vs-transformers (default: all, in that order).
+# Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
+# time against the roofline; `decode-modes` compares eager, CUDA graph and inductor + CUDA graph on
+# Janus-Pro-1B x128, and `janus-7b-batch1` puts one 7B image against transformers' generate.
+# Caps: the eager step took 39 ms on an H200 (Janus-Pro-1B x128 and 7B x64 alike), so an eager run
+# of 576 tokens is ~25 s; the static runs should take a few seconds each. Tests took ~110 s.
 # PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
 set -uo pipefail
 dest=${1:?usage: scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]}
 budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
-((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b lumina-768 lumina-1024 llamagen-xl janus-vs-transformers)
+((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
+  decode-modes janus-vs-transformers)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -47,11 +52,14 @@ for name in "${steps[@]}"; do
   case $name in
     # shellcheck disable=SC2086
     tests) step tests 220 env LINEAR_TEST_DEVICE="$device" "$py" -m pytest -q -rs $parallel --ignore=tests/comfyui tests ;;
-    janus-pro-1b) bench "$name" 180 --arch janus-pro-1b --batch 128 --policies full,linear --budget 1/4,1/6 ;;
-    janus-pro-7b) bench "$name" 200 --arch janus-pro-7b --batch 64 --policies full,linear --budget 1/4,1/6 ;;
-    lumina-768) bench "$name" 1200 --arch lumina-mgpt-7b-768 --batch 12 --policies full,linear --budget 1/6,1/8 ;;
-    lumina-1024) bench "$name" 1500 --arch lumina-mgpt-7b-1024 --batch 8 --policies full,linear --budget 1/8 ;;
-    llamagen-xl) bench "$name" 300 --arch llamagen-xl --batch 256 --policies full,linear --budget 1/4,1/6 ;;
+    janus-pro-1b) bench "$name" 120 --arch janus-pro-1b --batch 128 --policies full,linear --budget 1/4,1/6 ;;
+    janus-pro-7b) bench "$name" 120 --arch janus-pro-7b --batch 64 --policies full,linear --budget 1/6 ;;
+    llamagen-xl) bench "$name" 120 --arch llamagen-xl --batch 256 --policies full,linear --budget 1/6 ;;
+    lumina-768) bench "$name" 240 --arch lumina-mgpt-7b-768 --batch 12 --policies full,linear --budget 1/8 ;;
+    lumina-1024) bench "$name" 300 --arch lumina-mgpt-7b-1024 --batch 8 --policies full,linear --budget 1/8 ;;
+    janus-7b-batch1) bench "$name" 200 --arch janus-pro-7b --vs-transformers --batch 1 --budget 1/6 ;;
+    decode-modes) bench "$name" 200 --arch janus-pro-1b --batch 128 --policies linear --budget 1/6 \
+      --decode eager,static,compiled ;;
     janus-vs-transformers) bench "$name" 200 --arch janus-pro-1b --vs-transformers --batch 16 --budget 1/4,1/6 ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac

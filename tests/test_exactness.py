@@ -55,10 +55,13 @@ def assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk
     assert (full_logits - expected).abs().max().item() > 1e-3
 
 
-def assert_matches_masked_reference(model, conditioning, layout, settings, guidance, tokens, chunk) -> None:
+def assert_matches_masked_reference(model, conditioning, layout, settings, guidance, tokens, chunk,
+                                    decode: str = "static") -> None:
     """A family's logits under eviction equal the masked full forward, to fp32 precision relative to
-    the logit scale (random weights give logits up to ~10), and eviction visibly changed them."""
-    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=1)
+    the logit scale (random weights give logits up to ~10), and eviction visibly changed them. The
+    static step is what runs by default, so it is the one checked (`test_static_step` holds the
+    eager path to it at every step)."""
+    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=1, decode=decode)
     try:
         got, history = feed_and_record(session, tokens, chunk)
     finally:
@@ -82,8 +85,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("decode", ["eager", "static"])
 @pytest.mark.parametrize("policy,eol,kv_heads,cfg_layout,chunk,sharing,cfg_mode", CASES)
-def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_layout, chunk, sharing, cfg_mode):
+def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_layout, chunk, sharing, cfg_mode,
+                                          decode):
     model = tiny_model(tmp_path, kv_heads=kv_heads)
     layout = LineLayout(prefix_len=model.prefix_len, grid_h=8, grid_w=8, eol=eol)
     settings = CacheSettings(policy, budget="3 lines", anchors=2, recent_lines=1, head_sharing=sharing, cfg_mode=cfg_mode)
@@ -93,7 +98,8 @@ def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_l
     tokens = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens),
                            generator=torch.Generator().manual_seed(1)).to(conditioning.prefix.device)
 
-    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=5)
+    session = DecodeSession(model, conditioning, layout, settings, guidance, seed=5, decode=decode)
+    assert session.step_impl != "eager" if decode == "static" else session.step_impl == "eager"
     try:
         got, history = feed_and_record(session, tokens, chunk)
     finally:
@@ -106,13 +112,15 @@ def test_logits_equal_masked_full_forward(tmp_path, policy, eol, kv_heads, cfg_l
     assert_evictions_matter(model, conditioning, layout, guidance, tokens, chunk, expected)
 
 
+@pytest.mark.parametrize("decode", ["eager", "static"])
 @pytest.mark.parametrize("policy,budget", [("full", "1/6"), ("linear", "1"), ("linear", "12 lines")])
-def test_no_eviction_is_a_plain_decode(model, policy, budget):
+def test_no_eviction_is_a_plain_decode(model, policy, budget, decode):
     layout = LineLayout(prefix_len=model.prefix_len, grid_h=6, grid_w=6)
     guidance = Guidance(3.0, "halves")
     conditioning = model.conditioning(torch.tensor([1, 4, 9]), guidance)
     result = generate(model, conditioning, layout, CacheSettings(policy, budget), guidance,
-                      SamplingConfig(top_k=20), seed=11)
+                      SamplingConfig(top_k=20), seed=11, decode=decode)
+    assert result.stats.decode == ("eager" if decode == "eager" else "static")
     expected = plain_decode(model, conditioning, guidance, layout.image_tokens, seed=11, top_k=20)
     assert torch.equal(result.tokens, expected)
     assert result.stats.compressions == 0
