@@ -34,7 +34,7 @@ def test_planned_cache_bytes_equal_what_a_run_allocates(model, monkeypatch, poli
     def measure_then_close(self):  # what the buffers hold just before they are released
         tensors = [t for layer in self.cache.layers
                    for t in (layer.keys, layer.values, layer.image_index, layer.slot_scores) if t is not None]
-        tensors += self.stream.queries.queries if self.stream.queries is not None else []
+        tensors += self.stream.queries.slots if self.stream.queries is not None else []
         measured.append(sum(t.numel() * t.element_size() for t in tensors))
         original_close(self)
 
