@@ -100,3 +100,31 @@ def reference_logits(state: dict[str, torch.Tensor], heads: int, grid: int, labe
         x = x + (torch.nn.functional.silu(h @ s[p + "feed_forward.w1.weight"].T) * (h @ s[p + "feed_forward.w3.weight"].T)) \
             @ s[p + "feed_forward.w2.weight"].T
     return _rms(x, s["norm.weight"]) @ s["output.weight"].T
+
+
+def reference_generate(state: dict[str, torch.Tensor], heads: int, grid: int, labels: torch.Tensor, cfg: float,
+                       temperature: float, top_k: int, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Upstream's class-to-image sampling (autoregressive/models/generate.py), written from its
+    semantics: with ``cfg`` > 1 the batch is ``[labels; null]`` where the null class is
+    ``num_classes`` (the embedding table's last row); logits ``uncond + (cond − uncond)·cfg``;
+    divided by ``max(temperature, 1e-5)``; top-k, then the nucleus that keeps the token crossing
+    ``top_p``; one multinomial draw per image. Recomputes the whole sequence each step."""
+    null = state["cls_embedding.embedding_table.weight"].shape[0] - 1
+    rows = torch.cat([labels, torch.full_like(labels, null)]) if cfg > 1.0 else labels
+    tokens = torch.zeros(len(rows), 0, dtype=torch.long)
+    for _ in range(grid * grid):
+        logits = reference_logits(state, heads, grid, rows, tokens)[:, -1]
+        if cfg > 1.0:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + (cond - uncond) * cfg
+        logits = logits.float() / max(temperature, 1e-5)
+        if top_k > 0:
+            logits[logits < logits.topk(min(top_k, logits.shape[-1]))[0][:, -1:]] = -math.inf
+        if top_p < 1.0:
+            ordered, order = logits.sort(descending=True)
+            above = ordered.softmax(-1).cumsum(-1) > top_p
+            above = torch.cat([torch.zeros_like(above[:, :1]), above[:, :-1]], 1)  # the crossing token stays
+            logits[above.scatter(1, order, above)] = -math.inf
+        drawn = torch.multinomial(logits.softmax(-1).to(generator.device), 1, generator=generator).cpu()
+        tokens = torch.cat([tokens, drawn.repeat(2, 1) if cfg > 1.0 else drawn], 1)
+    return tokens[:len(labels)]

@@ -3,8 +3,14 @@
 A folder holds ``config.json`` (``model_type: chameleon`` with a ``vocabulary_map`` whose
 ``IMGIMG…Z`` names spell the VQGAN code in letters), safetensors weights (single or sharded with
 an index) whose q/k-norms are stored as Lumina stores them, one ``(1, head_dim)`` row shared by
-every head, the tokenizer files, and a tiny VQGAN in a ``vqgan`` sub-folder. Token names are the
-real ones; their ids are small because the vocabulary is.
+every head, the tokenizer files, and a tiny VQGAN in a ``vqgan`` sub-folder.
+
+The tokenizer gives every token the code names the id it has in the real Chameleon / Lumina-mGPT
+vocabulary (see docs/upstream-facts.md): ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, the 8192 image codes
+4…8195, ``<eoss>`` 8196, ``<racm3:break>`` 8197, and ``<reservedNNNNN>`` at id NNNNN + 4 (so the
+end-of-line token ``<reserved08799>`` is 8803 and the token *named* ``<reserved08803>`` is 8807).
+The text tokens follow the reserved block; the real release has its text BPE elsewhere, which no
+code here depends on.
 """
 from __future__ import annotations
 
@@ -18,14 +24,15 @@ from tokenizer_files import byte_level_bpe
 
 HIDDEN = 64
 HEADS, KV_HEADS = 4, 2
-VOCAB_SIZE = 400
-CODEBOOK = 64  # the tiny VQGAN's codes
+CODEBOOK = 8192  # the real codebook size: image codes occupy ids 4…8195 as in the release
+FIRST_CODE_ID, END_OF_IMAGE_ID, IMAGE_START_ID = 4, 8196, 8197
+RESERVED_ID_OFFSET = 4  # <reservedNNNNN> has id NNNNN + 4
+LAST_RESERVED = 8899  # the reserved block is filled up to <reserved08899> (id 8903)
+VOCAB_SIZE = 9280  # rows of the tiny embedding: the tokenizer's length rounded up (the real one has 65536)
 RESOLUTION = 128  # 8 x 8 codes, 72 raster tokens with end-of-line tokens
 SIZES = (128, 160, 512, 768, 1024)
 
-BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-SPECIAL = [BOS, EOS, PAD, "<racm3:break>", "<eoss>", "<reserved08803>", "<reserved08706>",
-           *(f"<reserved{8800 + size // 32:05d}>" for size in SIZES)]
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 _MERGED_WORDS = ("Generate", "Ġan", "Ġimage", "Ġof", "Ġaccording", "Ġto", "Ġthe", "Ġfollowing", "Ġprompt",
                  "Ġa", "Ġred", "Ġfox", "Ġin", "Ġsnow", "Ġblurry")
 
@@ -35,9 +42,25 @@ def image_token_name(code: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
 
 
+def reserved_name(number: int) -> str:
+    return f"<reserved{number:05d}>"
+
+
+def release_ids() -> dict[str, int]:
+    """Every non-text token at its id in the real release, dense from 0 (id 3 is ``<unk>``)."""
+    ids = {BOS: 0, PAD: 1, EOS: 2, UNK: 3}
+    ids.update({image_token_name(code): FIRST_CODE_ID + code for code in range(CODEBOOK)})
+    ids.update({"<eoss>": END_OF_IMAGE_ID, "<racm3:break>": IMAGE_START_ID})
+    first = IMAGE_START_ID + 1 - RESERVED_ID_OFFSET
+    ids.update({reserved_name(n): n + RESERVED_ID_OFFSET for n in range(first, LAST_RESERVED + 1)})
+    return ids
+
+
+SPECIAL = [name for name in release_ids() if not name.startswith("IMGIMG")]
+
+
 def build_tokenizer():
-    names = [image_token_name(code) for code in range(CODEBOOK)]
-    return byte_level_bpe(_MERGED_WORDS, SPECIAL, names, limit=VOCAB_SIZE)
+    return byte_level_bpe(_MERGED_WORDS, SPECIAL, limit=VOCAB_SIZE, fixed=release_ids())
 
 
 def tiny_config():
@@ -45,7 +68,7 @@ def tiny_config():
 
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
-    vocabulary_map = {name: i for name, i in vocab.items() if name.startswith("IMGIMG") or name in SPECIAL}
+    vocabulary_map = dict(vocab)  # the release's map is the whole vocabulary too
     vocabulary_map["<image>"] = vocab[PAD]  # transformers reads the placeholder id from the map
     return ChameleonConfig(
         vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,

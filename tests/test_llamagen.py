@@ -11,7 +11,7 @@ from conftest import DEVICE
 from linear_core import CacheSettings, SamplingConfig, generate
 from linear_core.decoders.vq16 import load_vq16
 from linear_core.families.llamagen import SIZES, ffn_size, grid_from_name, infer_spec, load_llamagen
-from llamagen_files import meta_state, reference_logits, tiny_vq_state, upstream_state
+from llamagen_files import meta_state, reference_generate, reference_logits, tiny_vq_state, upstream_state
 
 GRID = 4
 
@@ -68,6 +68,23 @@ def test_engine_full_cache_decode_equals_upstream_loop(tmp_path, upstream):
         cond, uncond = both[:, -1].chunk(2)
         tokens = torch.cat([tokens, (uncond + (cond - uncond) * cfg).argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, tokens)
+
+
+@pytest.mark.parametrize("cfg,temperature,top_k,top_p", [(4.0, 1.0, 0, 1.0), (2.0, 0.8, 20, 0.9), (1.0, 1.0, 0, 1.0)])
+def test_sampled_tokens_equal_upstreams_generate(tmp_path, upstream, cfg, temperature, top_k, top_p):
+    """Sampling with the same seed as upstream's generate.py (re-implemented in llamagen_files):
+    the null class 10 (= num_classes) for the unconditional half, the CFG formula, temperature
+    before top-k and top-p, one draw per image."""
+    model = load_llamagen(write_pt(tmp_path / "c2i_T_256.pt", upstream), grid=GRID, heads=4, device=DEVICE)
+    assert model.num_classes == 10
+    labels = torch.tensor([3, 5, 10])  # the null class is a valid label too (an unconditional image)
+    guidance = model.guidance(cfg)
+    out = generate(model, model.conditioning(labels.to(DEVICE), guidance), model.spec.layout(),
+                   CacheSettings(policy="full"), guidance,
+                   SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p), seed=11).tokens.cpu()
+    expected = reference_generate(upstream, 4, GRID, labels, cfg, temperature, top_k, top_p,
+                                  torch.Generator(DEVICE).manual_seed(11))
+    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize("name", list(SIZES))

@@ -22,6 +22,8 @@ from linear_core.fidelity import fidelity_report
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline
 from test_exactness import assert_matches_masked_reference, feed_and_record
+import upstream_lumina as upstream
+from chameleon_files import reference_decode, tiny_vqgan_state
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red fox in the snow"
@@ -38,14 +40,37 @@ def model(folder):
     return load_lumina(folder, dtype=torch.float32, device=DEVICE)
 
 
-def test_prompt_is_the_reference_request_then_the_image_start(model):
+def test_prompt_ids_are_upstreams_conversation_then_the_image_start(model):
     ids = model.prompt_ids(PROMPT)
-    tokenizer = model.tokenizer
-    assert ids[0] == tokenizer.bos_token_id
-    text = tokenizer.decode(ids[1:-4])
-    assert text == f"Generate an image of {RESOLUTION}x{RESOLUTION} according to the following prompt:\n{PROMPT}"
-    names = tokenizer.convert_ids_to_tokens(ids[-4:])
-    assert names == ["<reserved08706>", "<racm3:break>", "<reserved08804>", "<reserved08804>"]  # 128 px = 4 x 32
+    assert ids == upstream.conversation_ids(model.tokenizer, PROMPT, RESOLUTION, RESOLUTION) + \
+        upstream.image_start_ids(model.tokenizer, RESOLUTION, RESOLUTION)
+    # ids, not names: BOS 0, end of turn 8710, <racm3:break> 8197, 128 px = 4 x 32 -> 8804 + 4
+    assert ids[0] == 0 and ids[-4:] == [8710, 8197, 8808, 8808]
+    assert model.tokenizer.decode(ids[1:-4]) == upstream_request(PROMPT)
+
+
+def test_the_prompt_is_not_stripped_as_upstream(model):
+    padded = f"  {PROMPT} "
+    ids = model.prompt_ids(padded)
+    assert ids != model.prompt_ids(PROMPT)
+    assert ids == upstream.conversation_ids(model.tokenizer, padded, RESOLUTION, RESOLUTION) + \
+        upstream.image_start_ids(model.tokenizer, RESOLUTION, RESOLUTION)
+    assert model.tokenizer.decode(ids[1:-4]) == upstream_request(padded)
+
+
+def test_the_rules_use_the_release_ids(model):
+    """The end-of-line token is the one upstream names <reserved08799>, id 8803 (the token named
+    <reserved08803> is 8807); image codes are exactly 4…8195; size tokens are 8804 + pixels / 32."""
+    assert (model.eol_id, model.boi_id) == (8803, 8197)
+    assert model.tokenizer.convert_tokens_to_ids("<reserved08803>") == 8807
+    assert model.image_vocab.nonzero().flatten().tolist() == list(range(4, 8196))
+    assert model.rules.line_end_token == 8803
+    for pixels, size_id in ((512, 8820), (768, 8828), (1024, 8836)):
+        assert LuminaImageModel(model.chameleon, model.tokenizer, None, pixels).size_id == size_id
+
+
+def upstream_request(prompt: str) -> str:
+    return f"Generate an image of {RESOLUTION}x{RESOLUTION} according to the following prompt:\n{prompt}"
 
 
 @pytest.mark.parametrize("resolution,tokens", [(512, 1056), (768, 2352), (1024, 4160)])
@@ -62,8 +87,8 @@ def test_unsupported_resolutions_are_explained(model):
     for pixels in (100, 0):
         with pytest.raises(ValueError, match="multiple of 32"):
             LuminaImageModel(model.chameleon, model.tokenizer, None, pixels)
-    with pytest.raises(ValueError, match="no <reserved08840> token"):  # 1280 px: no size token in this vocabulary
-        LuminaImageModel(model.chameleon, model.tokenizer, None, 1280)
+    with pytest.raises(ValueError, match="no <reserved08900> token"):  # 3200 px: past the fixture's reserved block
+        LuminaImageModel(model.chameleon, model.tokenizer, None, 3200)
 
 
 def test_logits_rules_force_line_ends_and_keep_image_codes_inside_rows(model):
@@ -77,47 +102,25 @@ def test_logits_rules_force_line_ends_and_keep_image_codes_inside_rows(model):
     assert allowed == image_ids
 
 
-def reference_tokens(folder_model, batch: int, cfg: float, seed: int, top_k: int) -> torch.Tensor:
-    """transformers' Chameleon decoding with its own DynamicCache: the conditional request and the
-    unconditional image start each in their own cache, ``u + cfg (c - u)``, the rules applied by
-    hand from the vocabulary map, one token per step."""
-    ref = reference_model().to(DEVICE)
-    config = ref.config
-    image_ids = torch.tensor(sorted(i for name, i in config.vocabulary_map.items() if name.startswith("IMGIMG")))
-    vocab = folder_model.tokenizer.get_vocab()
-    eol, boi, size = vocab["<reserved08803>"], vocab["<racm3:break>"], vocab["<reserved08804>"]
-    cond_ids = torch.tensor([folder_model.prompt_ids(PROMPT)] * batch, device=DEVICE)
-    uncond_ids = torch.tensor([[boi, size, size]] * batch, device=DEVICE)
-    caches = [DynamicCache(config=config), DynamicCache(config=config)]
-    generator = torch.Generator(DEVICE).manual_seed(seed)
-    out = []
-    with torch.inference_mode():
-        inputs = [cond_ids, uncond_ids]
-        for t in range(GRID * (GRID + 1)):
-            last = [ref.lm_head(ref.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1])
-                    .float() for ids, cache in zip(inputs, caches)]
-            logits = last[1] + cfg * (last[0] - last[1])
-            rule = torch.full_like(logits, float("-inf"))
-            if (t + 1) % (GRID + 1) == 0:
-                rule[:, eol] = 0
-            else:
-                rule[:, image_ids] = 0
-            logits = logits + rule
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-            out.append(token)
-            inputs = [token[:, None], token[:, None]]
-    return torch.stack(out, dim=1)
-
-
-@pytest.mark.parametrize("cfg,top_k", [(4.0, 2000), (2.5, 5)])
-def test_full_policy_gives_the_reference_tokens(folder, cfg, top_k):
+@pytest.mark.parametrize("cfg,top_k", [(4.0, 2000), (2.5, 5), (1.0, 2000)])
+def test_full_policy_gives_upstreams_tokens_and_image(folder, cfg, top_k):
+    """The engine under ``full`` against the re-implementation of Lumina-mGPT's own sampling loop
+    (tests/upstream_lumina.py) on transformers' Chameleon with the same weights and seed: every
+    token, the end-of-line id at each row end, the forced end of image, and the decoded image
+    through the independent float64 VQGAN decoder."""
     pipeline = load_pipeline(folder, dtype="fp32", device=DEVICE)
     ours = pipeline.generate(PROMPT, batch=2, settings=CacheSettings("full"), cfg=cfg,
                              sampling=SamplingConfig(temperature=1.0, top_k=top_k), seed=5)
-    assert torch.equal(ours.tokens, reference_tokens(pipeline.model, 2, cfg, 5, top_k).cpu())
-    assert ours.images.shape[:2] == (2, 3) and 0 <= ours.images.min() and ours.images.max() <= 1
+    model = reference_model().to(DEVICE)
+    theirs = upstream.generate(model, pipeline.model.tokenizer, PROMPT, RESOLUTION, 2, cfg, top_k,
+                               torch.Generator(DEVICE).manual_seed(5)).cpu()
+    n = GRID * (GRID + 1)
+    assert theirs.shape[1] == n + 1 and bool((theirs[:, -1] == 8196).all())
+    assert torch.equal(ours.tokens, theirs[:, :n])
+    assert bool((ours.tokens[:, GRID::GRID + 1] == 8803).all())
+    codes = upstream.image_codes(theirs, model.config.vocabulary_map, RESOLUTION)
+    pixels = reference_decode(tiny_vqgan_state(16, 8192, seed=0), codes, GRID, GRID)
+    assert torch.allclose(ours.images.double(), pixels, atol=1e-4)
 
 
 def test_linear_run_keeps_the_layout_and_saves_memory(folder):

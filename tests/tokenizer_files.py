@@ -1,14 +1,22 @@
 """A tiny byte-level BPE tokenizer for test model folders: every byte, a few merged words (so prompts
-stay short), special tokens and plain added tokens, built with the real `tokenizers` library."""
+stay short), special tokens and plain added tokens, built with the real `tokenizers` library. ``fixed`` puts tokens
+at the ids a real release gives them (the rest of the vocabulary follows them), so that tests can
+assert ids and not only names."""
 from __future__ import annotations
 
 
-def byte_level_bpe(merged_words: tuple[str, ...], special: list[str], added: list[str] = (), limit: int = 1 << 30):
-    """``merged_words`` use byte-level symbols (``Ġ`` = a leading space)."""
+def byte_level_bpe(merged_words: tuple[str, ...], special: list[str], added: list[str] = (), limit: int = 1 << 30,
+                   fixed: dict[str, int] | None = None):
+    """``merged_words`` use byte-level symbols (``Ġ`` = a leading space). ``fixed`` maps names to ids
+    0…n-1 (every id once); special or added tokens named there keep their fixed id."""
     from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab = dict(fixed or {})
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise AssertionError("fixed ids must be dense from 0")
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
     merges: list[tuple[str, str]] = []
     for word in merged_words:
         left = word[0]

@@ -26,7 +26,9 @@ from ..rules import TokenRules
 
 #: the reference's text-to-image request; the end-of-turn token follows it
 TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
-BEGIN_IMAGE, END_OF_LINE, END_OF_TURN = "<racm3:break>", "<reserved08803>", "<reserved08706>"
+#: token names as upstream looks them up; a reserved token's id is its number + 4, so the end-of-line
+#: token <reserved08799> is id 8803 (docs/upstream-facts.md)
+BEGIN_IMAGE, END_OF_LINE, END_OF_TURN = "<racm3:break>", "<reserved08799>", "<reserved08706>"
 #: VQGAN downsampling: one image code per 16x16 pixels
 PATCH = 16
 #: size tokens count in units of 32 pixels (``<reserved{8800 + n}>``)
@@ -57,7 +59,7 @@ class LuminaImageModel(nn.Module):
         if missing:
             raise ValueError(f"The tokenizer has no {', '.join(missing)} token: this folder's tokenizer is not "
                              "Chameleon's / Lumina-mGPT's.")
-        self.boi_id, self.eol_id, self.eot_id, self.size_id = (vocab[name] for name in names)
+        self.boi_id, self.eol_id, self.size_id = (vocab[name] for name in (BEGIN_IMAGE, END_OF_LINE, names[-1]))
         mapping = model.model.vocabulary_mapping
         image_ids = torch.tensor(mapping.image_tokens)
         if not len(image_ids):
@@ -101,10 +103,11 @@ class LuminaImageModel(nn.Module):
         return [self.boi_id, self.size_id, self.size_id]
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """BOS + the request + end of turn + the image start, as the reference tokenises it."""
-        text = TEMPLATE.format(width=self.resolution, height=self.resolution, prompt=prompt.strip())
+        """BOS + the request + end of turn + the image start, as the reference tokenises it: one
+        string, the prompt not stripped (leading or trailing spaces are tokens upstream too)."""
+        text = TEMPLATE.format(width=self.resolution, height=self.resolution, prompt=prompt) + END_OF_TURN
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        return [self.tokenizer.bos_token_id, *ids, self.eot_id, *self.image_start_ids()]
+        return [self.tokenizer.bos_token_id, *ids, *self.image_start_ids()]
 
     def request(self, prompt: str, negative_prompt: str, batch: int, cfg: float) -> tuple[Conditioning, Guidance, LineLayout]:
         """Conditioning, CFG layout and line layout for ``batch`` images of one prompt. The
