@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from conftest import DEVICE
 from lumina_files import HEADS, KV_HEADS, RESOLUTION, reference_model, write_lumina
