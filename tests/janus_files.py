@@ -14,7 +14,8 @@ fits a 1/4 budget (36 ≥ 8 + 2·12 image tokens); ``grid=`` takes any other siz
 * Language model: Llama, hidden 64, 2 layers, 4 heads (head_dim 16), **2 KV heads** (GQA; the real
   models are MHA), FFN 128, RMSNorm eps 1e-6, RoPE θ 10000 (both `LlamaConfig` defaults, as DeepSeek's
   ``language_config`` names neither), max positions 1024, untied ``lm_head``.
-  Embedding rows: ``VOCAB_SIZE`` = 320 > tokenizer length (the real files also pad: 102400 rows).
+  Embedding rows: ``VOCAB_SIZE`` = 102400, as the releases' ``language_config.vocab_size`` (more rows
+  than tokenizer ids); the table is the largest tensor of the tiny model (26 MB in float32).
 * SigLIP understanding tower: hidden 64, 1 layer, 16 heads, mlp_ratio 4, patch 16, image_size
   ``16·grid`` (so ``grid²`` patches); aligner 64 → 64 → 64 (depth 2). Unused for generation.
 * VQ (LlamaGen VQ-16 layout): codebook ``CODEBOOK`` = 64 × 8, latent/z channels 32, base channels 32,
@@ -40,24 +41,25 @@ Tokenizer (identical in both folders)
 -------------------------------------
 Byte-level BPE built here with the ``tokenizers`` library: ids 0–255 are the 256 byte symbols (GPT-2
 byte→unicode alphabet, sorted by code point; space = ``Ġ``, newline = ``Ċ``), then a few merges for
-the chat roles and test words, then the special tokens (all ``special=True``, ``normalized=False``):
+the chat roles and test words, then unreachable ``<filler_i>`` entries so that every token the
+project names sits at **the id it has in the real Janus-Pro tokenizer** (``SPECIAL_IDS``; all
+``special=True``, ``normalized=False``; ``len(tokenizer)`` = 100594). A fixture with ids of its own
+would pass a lookup by the wrong name; this one does not (see ``docs/upstream-facts.md`` for each
+id's source):
 
-====================================  ======================  ==================================
-string (exact characters)             ``*_TOKEN`` constant    role
-====================================  ======================  ==================================
-``<｜begin▁of▁sentence｜>``            ``BOS_TOKEN``            BOS (U+FF5C full-width bars, U+2581)
-``<｜end▁of▁sentence｜>``              ``EOS_TOKEN``            EOS (end of an assistant turn)
-``<｜▁pad▁｜>``                        ``PAD_TOKEN``            pad; fills the unconditional prompt
-``<begin_of_image>``                  ``BOI_TOKEN``            BOI; last prompt id for generation
-``<image_placeholder>``               ``IMAGE_TOKEN``          image id (``JanusConfig.image_token_id``)
-``<end_of_image>``                    ``EOI_TOKEN``            EOI
-====================================  ======================  ==================================
+====================================  ======================  ======  ============================
+string (exact characters)             ``*_TOKEN`` constant    id      role
+====================================  ======================  ======  ============================
+``<｜begin▁of▁sentence｜>``            ``BOS_TOKEN``            100000  BOS (U+FF5C bars, U+2581)
+``<｜end▁of▁sentence｜>``              ``EOS_TOKEN``            100001  EOS (end of an assistant turn)
+``<｜▁pad▁｜>``                        ``PAD_TOKEN``            100015  fills the unconditional prompt
+``<begin_of_image>``                  ``BOI_TOKEN``            100016  last prompt id for generation
+``<image_placeholder>``               ``IMAGE_TOKEN``          100581  ``JanusConfig.image_token_id``
+``<end_of_image>``                    ``EOI_TOKEN``            100593  EOI
+====================================  ======================  ======  ============================
 
-Their ids follow the 307 regular tokens in that order: BOS 307, EOS 308, PAD 309, BOI 310, IMAGE 311,
-EOI 312 (``len(tokenizer)`` = 313; the embedding has ``VOCAB_SIZE`` = 320 rows). `special_token_ids()`
-returns them. The real release has BOS 100000 and EOS 100001; its other ids are unverified here.
 ``"<|User|>: a red fox in the snow\\n\\n<|Assistant|>:<begin_of_image>"`` encodes to 18 ids:
-``[307, 256, 260, 257, 25, 269, 272, 275, 277, 280, 284, 198, 198, 256, 268, 257, 25, 310]``
+``[100000, 256, 260, 257, 25, 269, 272, 275, 277, 280, 284, 198, 198, 256, 268, 257, 25, 100016]``
 (``\\n\\n`` is two ``Ċ`` tokens; words outside the merges fall back to single bytes).
 ``<|User|>`` / ``<|Assistant|>`` use ASCII bars and are ordinary text here (merged to ``<|`` ``User``
 ``|>`` …; whether the release makes them single tokens is unverified — read ids from the tokenizer).
@@ -193,6 +195,7 @@ fused SigLIP ``qkv`` is the only split and ``pos_embed`` the only reshape.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -210,13 +213,16 @@ BOI_TOKEN = "<begin_of_image>"
 IMAGE_TOKEN = "<image_placeholder>"
 EOI_TOKEN = "<end_of_image>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, BOI_TOKEN, IMAGE_TOKEN, EOI_TOKEN)
+#: their ids in the real Janus-Pro / Janus-1.3B tokenizer (sources: docs/upstream-facts.md)
+SPECIAL_IDS = {BOS_TOKEN: 100000, EOS_TOKEN: 100001, PAD_TOKEN: 100015, BOI_TOKEN: 100016, IMAGE_TOKEN: 100581,
+               EOI_TOKEN: 100593}
 
 #: Janus-Pro's chat turn for generation (ASCII bars; Janus-1.3B uses "User:" / "Assistant:")
 PRO_TURN = "<|User|>: {prompt}\n\n<|Assistant|>:"
 
 GRID = 12
 HIDDEN = 64
-VOCAB_SIZE = 320
+VOCAB_SIZE = 102400
 CODEBOOK = 64
 CODE_DIM = 8
 PATCH = 16
@@ -246,19 +252,34 @@ CHAT_TEMPLATE = (
 
 # -- tokenizer ---------------------------------------------------------------------------------------
 def build_tokenizer():
-    """The tiny byte-level BPE `tokenizers.Tokenizer` (BOS-prepending post-processor included)."""
-    from tokenizers import processors
+    """The tiny byte-level BPE `tokenizers.Tokenizer` with the special tokens at their real ids
+    (BOS-prepending post-processor included)."""
+    from tokenizers import Tokenizer
 
-    tokenizer = byte_level_bpe(_MERGED_WORDS, SPECIAL_TOKENS, limit=VOCAB_SIZE)
-    bos = tokenizer.token_to_id(BOS_TOKEN)
+    return Tokenizer.from_str(_tokenizer_json())
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, processors
+
+    spec = json.loads(byte_level_bpe(_MERGED_WORDS, []).to_str())
+    vocab, by_id = spec["model"]["vocab"], {i: t for t, i in SPECIAL_IDS.items()}
+    if len(vocab) > min(by_id):
+        raise AssertionError("the tiny tokenizer's regular tokens reach the special ids")
+    vocab.update({by_id.get(i, f"<filler_{i}>"): i for i in range(len(vocab), max(by_id) + 1)})
+    spec["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for t, i in SPECIAL_IDS.items()]
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
     tokenizer.post_processor = processors.TemplateProcessing(single=f"{BOS_TOKEN}:0 $A:0",
                                                              pair=f"{BOS_TOKEN}:0 $A:0 {BOS_TOKEN}:1 $B:1",
-                                                             special_tokens=[(BOS_TOKEN, bos)])
-    return tokenizer
+                                                             special_tokens=[(BOS_TOKEN, SPECIAL_IDS[BOS_TOKEN])])
+    return tokenizer.to_str()
 
 
+@functools.lru_cache(maxsize=1)
 def special_token_ids() -> dict[str, int]:
-    """``{token string: id}`` of the special tokens in the tiny tokenizer."""
+    """``{token string: id}`` of the special tokens in the tiny tokenizer (read from it)."""
     tokenizer = build_tokenizer()
     return {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
 
@@ -410,13 +431,15 @@ def write_native_janus(folder: Path, seed: int = 0, shards: bool = False, grid: 
     """A transformers-native Janus-Pro folder (config, safetensors weights, generation config,
     tokenizer, processor, chat template). ``shards`` writes several ``model-*.safetensors`` files and
     ``model.safetensors.index.json``. Returns ``folder``."""
+    from accelerate import init_empty_weights
     from transformers import GenerationConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
     from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = JanusForConditionalGeneration(tiny_config(grid))
-    model.load_state_dict(native_state(seed, grid), strict=True)
+    with init_empty_weights():  # no random init of the 102400-row tables the state replaces
+        model = JanusForConditionalGeneration(tiny_config(grid))
+    model.load_state_dict(native_state(seed, grid), strict=True, assign=True)
     ids = special_token_ids()
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN],

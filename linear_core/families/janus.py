@@ -2,8 +2,10 @@
 
 The engine drives ``model.model.language_model`` (a `LlamaModel`) with its own cache; image tokens
 enter through ``generation_embeddings`` + ``generation_aligner`` and leave through
-``generation_head``, exactly as transformers' ``generate(generation_mode="image")`` does, so the
-``full`` policy reproduces its tokens for the same seed. Both checkpoint layouts load:
+``generation_head``, as DeepSeek's generation loop does (``gen_embed`` → ``gen_aligner``,
+``gen_head``), so the ``full`` policy reproduces its prompt, logits and tokens for the same seed
+(tests/test_janus_parity.py; transformers' ``generate(generation_mode="image")`` too, except that
+it pads the unconditional prompt by id, not by position). Both checkpoint layouts load:
 transformers-native folders directly, DeepSeek's original release folders through
 `families.janus_convert` (no ``trust_remote_code``, no ``janus`` package).
 """
@@ -89,8 +91,10 @@ class JanusImageModel(nn.Module):
         return [self.bos_id, *ids, self.boi_id]
 
     def unconditional_ids(self, ids: list[int]) -> list[int]:
-        """The reference's unconditional prompt: every id but BOS and ``<begin_of_image>`` padded."""
-        return [i if i in (self.bos_id, self.boi_id) else self.pad_id for i in ids]
+        """The reference's unconditional prompt: every position but the first (BOS) and the last
+        (``<begin_of_image>``) padded — by position, as DeepSeek's loop does, so a prompt whose text
+        holds a special token (``<begin_of_image>`` typed in it) is padded there too."""
+        return [ids[0], *[self.pad_id] * (len(ids) - 2), ids[-1]]
 
     def request(self, prompt: str, negative_prompt: str, batch: int, cfg: float) -> tuple[Conditioning, Guidance, LineLayout]:
         """Conditioning, CFG layout and line layout of ``batch`` images of one prompt. With a negative
