@@ -5,7 +5,8 @@ Pure PyTorch + transformers (no ComfyUI imports): geometry (`LineLayout`), the p
 """
 from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
 from .cache import LineARCache
-from .engine import Callbacks, DecodeSession, GenerationInterrupted, GenerationResult, GenerationStats, generate
+from .engine import Callbacks, GenerationInterrupted, GenerationResult, GenerationStats, generate
+from .session import DecodeSession
 from .guidance import Guidance
 from .layout import Budget, LineLayout
 from .policies import POLICIES, make_policy

@@ -15,7 +15,8 @@ import torch
 from .archs import get_arch
 from .demo import DEMO_NAME
 from .devices import DTYPES, default_device
-from .engine import generate, synchronize
+from .engine import generate
+from .session import synchronize
 from .guidance import Guidance
 from .roofline import device_peaks, roofline
 from .sampling import SamplingConfig

@@ -116,6 +116,15 @@ class LineARLayer(CacheLayerMixin):
             self.image_index[:, :, end - count:end] = torch.arange(first_image, first_image + count, device=self.device)
             self.unindexed = 0
 
+    def rollback(self, q: int) -> None:
+        """Forget the last ``q`` tokens written (a speculative window's rejected tail): only the
+        counters and the raster index move back; the stale slots are overwritten by the next write."""
+        if q > self.length - self.prefix_len or self.unindexed:
+            raise RuntimeError(f"Cannot roll back {q} tokens: only eager writes since the last boundary can be.")
+        self.length, self.written = self.length - q, self.written - q
+        end = self.length - self.prefix_len
+        self.image_index[:, :, end:end + q] = -1
+
     def get_seq_length(self) -> int:
         return self.written
 
@@ -221,6 +230,10 @@ class LineARCache(Cache):
     def index_written(self) -> None:
         for layer in self.layers:
             layer.index_written()
+
+    def rollback(self, q: int) -> None:
+        for layer in self.layers:
+            layer.rollback(q)
 
     @property
     def image_written(self) -> int:

@@ -13,7 +13,8 @@ import torch
 
 from .archs import get_arch
 from .devices import DTYPES, default_device
-from .engine import generate, synchronize
+from .engine import generate
+from .session import synchronize
 from .families.janus import JanusImageModel
 from .sampling import SamplingConfig
 from .settings import CacheSettings

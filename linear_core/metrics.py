@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from .adapter import Conditioning, ImageModelAdapter
-from .engine import DecodeSession, generate
+from .engine import generate
+from .session import DecodeSession
 from .guidance import Guidance
 from .layout import LineLayout
 from .rules import TokenRules

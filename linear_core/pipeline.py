@@ -20,12 +20,14 @@ from .checkpoints import describe_folder_config
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
 from .decoders.vq16 import load_vq16
-from .engine import Callbacks, GenerationStats, generate, planned_cache_bytes
+from .engine import Callbacks, GenerationStats, generate
+from .session import planned_cache_bytes
 from .families.llamagen import LlamaGenModel, load_llamagen
 from .labels import imagenet_classes, resolve_label
 from .layout import LineLayout
 from .sampling import SamplingConfig
 from .settings import CacheSettings
+from .speculative import Speculation
 
 BUILTIN_MODELS = {DEMO_NAME: DEMO_DIR}
 
@@ -171,7 +173,8 @@ class ClassConditionalPipeline(ImagePipeline):
 
     def generate(self, labels: Sequence[str | int], settings: CacheSettings = CacheSettings(), cfg: float | None = None,
                  sampling: SamplingConfig | None = None, seed: int | Sequence[int] = 0,
-                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto") -> ImageBatch:
+                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto",
+                 speculative: Speculation | None = None) -> ImageBatch:
         """One image per entry of ``labels`` (ids or names), decoded to RGB. ``seed``: one for the
         request, or one per image; ``decode`` / ``compile``: see `engine.DecodeSession`."""
         ids = [self.label(value) for value in labels]
@@ -182,7 +185,7 @@ class ClassConditionalPipeline(ImagePipeline):
         guidance = self.model.guidance(cfg)
         conditioning = self.model.conditioning(torch.tensor(ids, device=self.device), guidance)
         result = generate(self.model, conditioning, self.layout, settings, guidance, sampling, seed, callbacks=callbacks,
-                          decode=decode, compile=compile)
+                          decode=decode, compile=compile, speculative=speculative)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)  # the copy to the CPU waits for the device
         used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,

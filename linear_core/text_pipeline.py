@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from .adapter import execution_device
-from .engine import Callbacks, generate, planned_cache_bytes
+from .engine import Callbacks, generate
+from .session import planned_cache_bytes
 from .layout import LineLayout
 from .pipeline import LOGIT_WORK_BYTES, ImageBatch, ImagePipeline, SamplingDefaults
 from .sampling import SamplingConfig
 from .settings import CacheSettings
+from .speculative import Speculation
 
 #: DeepSeek's Janus-Pro generation script: cfg 5, temperature 1, no top-k / top-p
 JANUS_DEFAULTS = SamplingDefaults(cfg=5.0, temperature=1.0, top_k=0, top_p=1.0)
@@ -62,7 +64,8 @@ class TextToImagePipeline(ImagePipeline):
 
     def generate(self, prompt: str, negative_prompt: str = "", batch: int = 1, settings: CacheSettings = CacheSettings(),
                  cfg: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
-                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto") -> ImageBatch:
+                 callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto",
+                 speculative: Speculation | None = None) -> ImageBatch:
         """``batch`` images of one prompt, decoded to RGB."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}.")
@@ -72,7 +75,7 @@ class TextToImagePipeline(ImagePipeline):
             conditioning, guidance, layout = self.model.request(prompt, negative_prompt, batch, cfg)
         result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed,
                           rules=getattr(self.model, "rules", None), callbacks=callbacks, decode=decode,
-                          compile=compile)
+                          compile=compile, speculative=speculative)
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,

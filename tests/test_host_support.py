@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from linear_core import CacheSettings, Guidance, LineLayout
-from linear_core import engine
+from linear_core import engine, session as session_module
 from linear_core.cachemap import colourise, kept_grid, render_cache_map
 from linear_core.labels import class_choices, label_from_choice
 from linear_core.pipeline import load_pipeline
@@ -42,7 +42,7 @@ def test_planned_cache_bytes_equal_what_a_run_allocates(model, monkeypatch, poli
     conditioning = model.conditioning(torch.tensor([1, 2, 3]), guidance)
     engine.generate(model, conditioning, layout, settings, guidance)
     assert len(sessions) == 1
-    assert engine.planned_cache_bytes(model, layout, settings, rows=6) == measured[0]
+    assert session_module.planned_cache_bytes(model, layout, settings, rows=6) == measured[0]
 
 
 def test_partial_preview_shows_finished_lines_over_grey():

@@ -16,7 +16,7 @@ from lumina_files import HEADS, KV_HEADS, RESOLUTION, reference_model, write_lum
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.families.lumina import LuminaImageModel, load_lumina
 from linear_core.archs import get_arch
-from linear_core.engine import planned_cache_bytes
+from linear_core.session import planned_cache_bytes
 from linear_core.fidelity import fidelity_report
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline

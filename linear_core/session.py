@@ -1,0 +1,255 @@
+"""`DecodeSession`: the cache of one request and the forwards that fill it.
+
+It prefills the conditioning, feeds image tokens (one at a time, a chunk inside a line, or a
+speculative window that is then partly rolled back), compresses at every line boundary, and runs
+the static step when one was asked for. `engine.generate` is the sampling loop on top of it;
+teacher-forced fidelity (`metrics.py`) drives two sessions in lockstep.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Sequence
+
+import torch
+
+from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
+from .cache import LineARCache
+from . import padding
+from .compressor import Compressor, Stream
+from .guidance import Guidance
+from .layout import LineLayout
+from .policies import EvictionPolicy
+from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
+from .settings import CacheSettings
+from .static_step import StaticDecoder, resolve_decode
+
+
+def synchronize(devices: list[torch.device]) -> None:
+    """Wait for queued work on every device so that wall-clock timings mean something."""
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+
+def cache_keyword(backbone: torch.nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def build_stream(geometry: CacheGeometry, policy: EvictionPolicy, layout: LineLayout, rows: int, compresses: bool,
+                 device: torch.device | str | None = None, pads: torch.Tensor | None = None) -> Stream:
+    """The preallocated cache (and query buffer, for policies that score with queries) of ``rows``
+    rows, each layer's part on that layer's device unless ``device`` overrides all of them."""
+    g, device = geometry, device or geometry.layer_devices
+    if not compresses:
+        layout = layout.with_budget(1.0)
+    cache = LineARCache(layout, rows, g.num_layers, g.kv_heads, g.head_dim, g.dtype, device,
+                        slot_scores=compresses and policy.accumulates)
+    queries = None
+    if compresses and policy.query_window:
+        queries = LineQueryBuffer(g.num_layers, rows, g.q_heads, g.head_dim, layout.line_tokens,
+                                  policy.query_window, g.dtype, device)
+    return Stream(cache, queries, pads)
+
+
+def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings: CacheSettings, rows: int) -> int:
+    """Device bytes the cache of ``rows`` batched rows will hold (keys, values, slot bookkeeping and
+    query buffer), computed by building it on the meta device: what a host such as ComfyUI must free
+    before the run."""
+    layout = layout.with_budget(settings.budget)
+    policy = settings.make_policy()
+    stream = build_stream(CacheGeometry.of(adapter.backbone, planning=True), policy, layout, rows,
+                          policy.evicts and layout.compresses, device="meta")
+    layers = stream.cache.layers
+    bookkeeping = sum(t.numel() * t.element_size() for layer in layers
+                      for t in (layer.image_index, layer.slot_scores) if t is not None)
+    queries = stream.queries.allocated_bytes if stream.queries is not None else 0
+    return stream.cache.allocated_bytes + bookkeeping + queries
+
+
+class DecodeSession:
+    """The cache of one request (``batch`` images, CFG rows batched) and the forwards that fill it."""
+
+    def __init__(self, adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
+                 settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
+                 seed: int | Sequence[int] = 0, decode: str = "eager", compile: str = "auto") -> None:
+        """``decode``: ``eager`` (a transformers forward per step), ``static`` (the static step of
+        `static_step`, captured or compiled where it can be) or ``auto`` (static where it runs);
+        ``compile``: ``auto``, ``on`` or ``off`` (inductor for the static step)."""
+        self.adapter, self.settings = adapter, settings
+        self.layout = layout.with_budget(settings.budget)
+        self.geometry = CacheGeometry.of(adapter.backbone)
+        rows, prefix_len = conditioning.prefix.shape[:2]
+        self.layout.check_sequence(prefix_len)
+        limit = getattr(adapter, "max_positions", None)  # families with fixed position tables say so
+        if limit is not None and self.layout.full_length > limit:
+            raise ValueError(f"The layout needs {self.layout.full_length} positions but the model covers {limit} "
+                             f"(a {self.layout.grid_h}x{self.layout.grid_w} grid does not fit it); use the model's "
+                             "own grid.")
+        self.batch = rows // guidance.batched_rows
+        if self.batch * guidance.batched_rows != rows:
+            raise ValueError(f"{rows} prefix rows do not split into CFG pairs for layout '{guidance.layout}'.")
+        if (guidance.layout == "separate") != (conditioning.uncond_prefix is not None):
+            raise ValueError("The 'separate' CFG layout needs uncond_prefix, and only it takes one.")
+        self.policy = settings.make_policy()
+        self.policy.validate(self.layout)
+        adapter.backbone.set_attn_implementation(register_attention())
+        self.cache_keyword = cache_keyword(adapter.backbone)
+
+        # A separate unconditional prefix joins the batch, left-padded (see `padding`): [cond; uncond].
+        self.guidance = Guidance(guidance.scale, "halves") if guidance.layout == "separate" else guidance
+        self.prefix, pads = conditioning.batched()
+        self.layout = self.layout.with_prefix(self.prefix.shape[1])
+        compresses = self.policy.evicts and self.layout.compresses
+        self.stream = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, pads=pads)
+        self.compressor = Compressor(
+            self.policy, settings.head_sharing, settings.cfg_mode, self.guidance.row_pairs(self.batch),
+            generator=torch.Generator().manual_seed(first_seed(seed) + 1),
+        )
+        self.compression_s = 0.0
+        self.compressions = 0
+        self.step_impl, self.decode_note = resolve_decode(decode, compile, self.geometry, adapter.backbone)
+        self.static: StaticDecoder | None = None  # built at prefill when the step is static
+        self.slots_read = 0  # cache slots (per row and layer) the decode forwards' attention read
+
+    # -- forwards --------------------------------------------------------------------------
+    def _forward(self, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        stream, cache = self.stream, self.stream.cache
+        rows, q = embeds.shape[:2]
+        extra = {CAPTURE_KWARG: stream.queries} if stream.queries is not None and cache.written >= cache.layout.prefix_len else {}
+        if stream.pads is None:
+            positions = torch.arange(cache.written, cache.written + q, device=embeds.device).expand(rows, q)
+        else:
+            positions = padding.positions(stream.pads, cache.written, q)
+            extra["attention_mask"] = padding.attention_mask(stream.pads, cache.layers[0].length, q)
+        extra[self.cache_keyword] = cache
+        out = self.adapter.backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True, **extra)
+        if CAPTURE_KWARG in extra:
+            stream.queries.advance(q)
+        hidden = out.last_hidden_state
+        return self.adapter.image_logits(hidden[:, -1:] if last_only else hidden)
+
+    @torch.inference_mode()
+    def prefill(self) -> torch.Tensor:
+        """Run the prefix; returns CFG-combined logits ``(batch, vocab)`` for image token 0."""
+        if self.stream.cache.written:
+            raise RuntimeError("prefill() was already called on this session.")
+        logits = self.guidance.combine(self._forward(self.prefix, last_only=True)[:, -1])
+        if self.step_impl != "eager":
+            self.static = StaticDecoder(self, logits.shape[-1], self.step_impl)
+        return logits
+
+    @torch.inference_mode()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed the next image tokens ``(batch, q)`` (never across a line end); returns CFG-combined
+        logits ``(batch, q, vocab)``. Compresses when the chunk completes a line."""
+        start, line_end = self._check_chunk(tokens.shape[1])
+        tokens = tokens.to(self.geometry.device)
+        if self.static is not None:
+            logits = self.static.feed(tokens)
+        else:
+            logits = self._feed_eager(tokens)
+        if start + tokens.shape[1] == line_end:
+            self._boundary()
+        return logits
+
+    @torch.inference_mode()
+    def feed_window(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed a speculative window ``(batch, q)`` inside the current line and return its
+        CFG-combined logits; nothing is compressed until `keep_window` says how much of it stays."""
+        if self.static is not None:
+            raise RuntimeError("Speculative windows run on the eager step.")
+        self._check_chunk(tokens.shape[1])
+        return self._feed_eager(tokens.to(self.geometry.device))
+
+    def keep_window(self, fed: int, keep: int) -> None:
+        """Keep the first ``keep`` of the ``fed`` tokens of the last window: the rest is rolled back
+        (only counters move; the cache is then exactly as if they had never been fed), and the
+        line is compressed if the kept tokens complete it."""
+        if fed > keep:
+            self.stream.cache.rollback(fed - keep)
+            if self.stream.queries is not None:
+                self.stream.queries.line_pos -= fed - keep
+        if keep and self.stream.cache.image_written % self.layout.line_tokens == 0:
+            self._boundary()
+
+    def _check_chunk(self, q: int) -> tuple[int, int]:
+        start = self.stream.cache.image_written
+        line_end = (start // self.layout.line_tokens + 1) * self.layout.line_tokens
+        if start + q > min(line_end, self.layout.image_tokens):
+            raise ValueError(f"Chunk of {q} tokens from image token {start} crosses the line end at {line_end}.")
+        return start, line_end
+
+    def _feed_eager(self, tokens: torch.Tensor) -> torch.Tensor:
+        embeds = self.adapter.embed_image_tokens(self.guidance.expand_tokens(tokens))
+        logits = self.guidance.combine(self._forward(embeds))
+        self.slots_read += self.stream.cache.layers[0].length
+        return logits
+
+    @torch.inference_mode()
+    def sample_next(self) -> None:
+        """Static decoding: feed the last drawn token and draw the next one into ``static.tokens``,
+        in one replayed step; compresses when the token fed completes a line."""
+        self.static.sample_next()
+        if self.stream.cache.image_written % self.layout.line_tokens == 0:
+            self._boundary()
+
+    def advance(self, q: int) -> None:
+        """Host counters after a static step wrote ``q`` tokens."""
+        self.stream.cache.advance(q)
+        if self.stream.queries is not None:
+            self.stream.queries.advance(q)
+
+    def _boundary(self) -> None:
+        devices = self.geometry.devices
+        synchronize(devices)
+        t0 = time.perf_counter()
+        if self.compressor.boundary(self.stream):
+            self.compressions += 1
+        if self.static is not None:
+            self.static.after_boundary()
+        synchronize(devices)
+        self.compression_s += time.perf_counter() - t0
+
+    # -- accounting ------------------------------------------------------------------------
+    @property
+    def cache(self) -> LineARCache:
+        return self.stream.cache
+
+    @property
+    def kv_allocated_bytes(self) -> int:
+        return self.cache.allocated_bytes
+
+    @property
+    def full_kv_bytes(self) -> int:
+        return self.cache.full_bytes()
+
+    @property
+    def query_buffer_bytes(self) -> int:
+        return self.stream.queries.allocated_bytes if self.stream.queries is not None else 0
+
+    def kept_map(self) -> torch.Tensor:
+        """``(layers, batch, N)``: share of KV heads of each conditional row that hold each image token."""
+        cache = self.cache
+        cond_rows = self.guidance.row_pairs(self.batch)[0] if self.guidance.batched_rows == 2 else torch.arange(self.batch)
+        maps = torch.zeros(len(cache.layers), self.batch, self.layout.image_tokens)
+        for layer_idx in range(len(cache.layers)):
+            held = cache.kept_image_indices(layer_idx)
+            held = held[cond_rows.to(held.device)].cpu().flatten(1)
+            maps[layer_idx].scatter_add_(1, held, torch.ones(held.shape))
+        maps /= cache.layers[0].keys.shape[1]
+        return maps.half()
+
+    def close(self) -> None:
+        if self.static is not None:
+            self.static.close()
+            self.static = None
+        self.stream.cache.release()
+        self.stream.queries = None
+
+
+def first_seed(seed: int | Sequence[int]) -> int:
+    return seed if isinstance(seed, int) else int(seed[0])
