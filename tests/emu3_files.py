@@ -21,7 +21,7 @@ from tokenizer_files import byte_level_bpe
 
 HIDDEN = 64
 HEADS, KV_HEADS = 4, 2  # grouped-query attention, as Emu3-Gen (32 / 8)
-VOCAB_SIZE = 400
+VOCAB_SIZE = 512
 CODEBOOK = 64  # the tiny VQ-VAE's codes
 RESOLUTION = 64  # 8 x 8 codes (8 px each), 72 raster tokens with end-of-line tokens
 
@@ -30,7 +30,12 @@ BOI, EOI, WRAPPER, EOL, EOF = "<|image start|>", "<|image end|>", "<|image token
 SPECIAL = [PAD, BOS, EOS, BOI, EOI, WRAPPER, EOL, EOF, "<image>"]
 EXTRA_SPECIAL = {"image_token": "<image>", "boi_token": BOI, "eoi_token": EOI, "image_wrapper_token": WRAPPER,
                  "eof_token": EOF}
-_MERGED_WORDS = ("Ġred", "Ġfox", "Ġin", "Ġthe", "Ġsnow", "low", "res", "Ġblurry")
+#: the prompts' words, so that they stay about as short as with Emu3's own tokenizer (the default
+#: negative prompt: 50 tokens in its template)
+_MERGED_WORDS = ("Ġred", "Ġfox", "Ġin", "Ġthe", "Ġsnow", "low", "res", "Ġbad", "Ġanatomy", "Ġhands", "Ġtext",
+                 "Ġerror", "Ġmissing", "Ġfingers", "Ġextra", "Ġdigit", "Ġdigits", "Ġfewer", "Ġcropped", "Ġworst",
+                 "Ġquality", "Ġlow", "Ġnormal", "Ġjpeg", "Ġartifacts", "Ġsignature", "Ġwatermark", "Ġusername",
+                 "Ġblurry")
 
 
 def visual_token(code: int) -> str:

@@ -161,12 +161,14 @@ def load_processor(folder: Path):
     from transformers import AutoProcessor
 
     load_folder_tokenizer(folder)  # a missing tokenizer is named as such
+    needs = (f"{folder.name} has no usable Emu3 processor: processor_config.json (or preprocessor_config.json) and a "
+             "tokenizer with Emu3's image tokens, from the same release, must sit beside the weights")
+    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        raise ValueError(needs + ".")
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, AttributeError) as error:
-        raise ValueError(f"{folder.name} has no usable Emu3 processor (processor_config.json / "
-                         f"preprocessor_config.json and a tokenizer with Emu3's image tokens, from the same "
-                         f"release): {error}") from None
+        raise ValueError(f"{needs} ({str(error).split('. ')[0]}).") from None
     if not hasattr(processor, "calculate_generate_size"):
         raise ValueError(f"{folder.name}'s processor is a {type(processor).__name__}, not Emu3's.")
     return processor
