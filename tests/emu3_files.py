@@ -47,7 +47,9 @@ def build_tokenizer():
     return byte_level_bpe(_MERGED_WORDS, SPECIAL + [visual_token(c) for c in range(CODEBOOK)], limit=VOCAB_SIZE)
 
 
-def tiny_config():
+def tiny_config(vq_levels: int = 4):
+    """``vq_levels`` VQ-VAE resolutions: 4 upsample codes ×8 as Emu3's does; fewer decode a large raster
+    (720 px, 90×90 codes) to a small picture quickly."""
     from transformers import Emu3Config
 
     vocab = build_tokenizer().get_vocab()
@@ -56,18 +58,18 @@ def tiny_config():
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "pad_token_id": vocab[PAD],
             "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]}
     vq = {"codebook_size": CODEBOOK, "embed_dim": 4, "latent_channels": 4, "base_channels": 32,
-          "channel_multiplier": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
+          "channel_multiplier": [1] * vq_levels, "num_res_blocks": 1, "attn_resolutions": [],
           "hidden_size": 32, "num_attention_heads": 1}
     return Emu3Config(text_config=text, vq_config=vq, vocabulary_map=vocab)
 
 
-def reference_model(seed: int = 0):
+def reference_model(seed: int = 0, vq_levels: int = 4):
     """transformers' own Emu3ForConditionalGeneration with random weights; projections and
     embeddings get a larger gain than the default init so the tiny model's logits are not flat."""
     from transformers import Emu3ForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = Emu3ForConditionalGeneration(tiny_config()).eval()
+    model = Emu3ForConditionalGeneration(tiny_config(vq_levels)).eval()
     with torch.no_grad():
         model.model.text_model.embed_tokens.weight.normal_(0, 1.0)
         for layer in model.model.text_model.layers:
@@ -91,11 +93,11 @@ MODULE_KEYS = ((r"^text_model\.model\.", "model.text_model."), (r"^text_model\.l
 
 
 def write_emu3(folder: Path, seed: int = 0, shards: bool = False, module_keys: bool = False,
-               processor: bool = True) -> Path:
+               processor: bool = True, vq_levels: int = 4) -> Path:
     """A tiny Emu3-Gen folder; ``shards`` splits the weights over files with an index (as
     ``save_pretrained`` does for large models); ``module_keys`` renames them to the module tree."""
     folder = Path(folder)
-    reference_model(seed).save_pretrained(folder, max_shard_size="1MB" if shards else "50GB")
+    reference_model(seed, vq_levels).save_pretrained(folder, max_shard_size="1MB" if shards else "50GB")
     if module_keys:
         _rename_keys(folder)
     if processor:
