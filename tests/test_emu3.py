@@ -259,3 +259,13 @@ def test_8b_in_bf16_on_a_24_gib_card_fits_far_more_images_with_an_eighth_of_the_
     assert total(3, CacheSettings("full")) < card < total(4, CacheSettings("full"))
     assert total(16, CacheSettings("linear", "1/8")) + 2 ** 30 < card
     assert total(1, CacheSettings("full")) - weights > 6 * (total(1, CacheSettings("linear", "1/8")) - weights)
+
+
+def test_fidelity_compares_policies_on_prompts_under_the_rules(pipeline):
+    from linear_core.fidelity import fidelity_report
+
+    report = fidelity_report(pipeline, ("full", "linear"), "3 lines", sequences=2, batch=1,
+                             base=CacheSettings(anchors=2, recent_lines=1), prompts=(PROMPT, "a blurry fox"))
+    full, linear = report["results"]["full"], report["results"]["linear"]
+    assert (full["kl_mean"], full["top1_agreement"], full["coupled_agreement"]) == (0.0, 1.0, 1.0)
+    assert linear["kl_mean"] > 0 and len(linear["kl_per_line"]) == GRID
