@@ -21,6 +21,7 @@ from linear_core.engine import planned_cache_bytes
 from linear_core.families.emu3 import NEGATIVE_PROMPT, Emu3ImageModel, load_emu3
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline
+from linear_core.policies import POLICIES
 from test_exactness import assert_matches_masked_reference, feed_and_record
 from test_static_step import assert_static_equals_eager
 
@@ -136,6 +137,15 @@ def test_linear_run_keeps_rows_codes_and_the_closing_tokens(pipeline, model):
     assert layout.prefix_len > len(model.prompt_ids(PROMPT))
     assert batch.stats.kv_saving == pytest.approx(1 - layout.capacity / layout.full_length)
     assert batch.stats.compressions > 0 and batch.images.shape == (2, 3, RESOLUTION, RESOLUTION)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_policy_draws_whole_rows(pipeline, model, policy):
+    settings = CacheSettings(policy, "3 lines", anchors=2, recent_lines=1, sinks=2)
+    batch = pipeline.generate(PROMPT, batch=1, settings=settings, seed=3)
+    raster = batch.tokens[:, :GRID * (GRID + 1)].view(GRID, GRID + 1)
+    assert bool((raster[:, -1] == model.eol_id).all()) and bool(model.image_vocab[raster[:, :-1]].all())
+    assert batch.stats.compressions == (0 if policy == "full" else GRID - 4)
 
 
 @pytest.mark.parametrize("policy,chunk,keep_ends,negative", [("linear", 1, False, ""), ("linear", 3, True, "blurry"),
