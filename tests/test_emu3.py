@@ -15,14 +15,14 @@ import torch
 
 from conftest import DEVICE
 from emu3_files import BOI, EOF, EOI, EOL, RESOLUTION, WRAPPER, reference_model, write_emu3
-from linear_core import CacheSettings, DecodeSession, SamplingConfig
+from linear_core import CacheSettings, SamplingConfig
 from linear_core.archs import get_arch
 from linear_core.engine import planned_cache_bytes
 from linear_core.families.emu3 import NEGATIVE_PROMPT, Emu3ImageModel, load_emu3
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline
 from linear_core.policies import POLICIES
-from test_exactness import assert_matches_masked_reference, feed_and_record
+from test_exactness import assert_line_ends_never_evicted, assert_matches_masked_reference
 from test_static_step import assert_static_equals_eager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,18 +158,7 @@ def test_logits_equal_masked_full_forward_with_end_of_line_lines(model, policy, 
 
 
 def test_kept_line_ends_are_never_evicted(model):
-    conditioning, guidance, layout = model.request(PROMPT, "", 1, 3.0)
-    settings = CacheSettings("linear", budget="3 lines", anchors=2, recent_lines=1, keep_line_ends=True)
-    session = DecodeSession(model, conditioning, layout, settings, guidance)
-    tokens = torch.randint(0, model.vocab, (1, layout.image_tokens - 1), generator=torch.Generator().manual_seed(4))
-    try:
-        feed_and_record(session, tokens.to(DEVICE), 1)
-        assert session.compressions > 0
-        ends = {i for i in range(tokens.shape[1]) if layout.is_line_end(i)}
-        for layer in range(len(session.cache.layers)):
-            assert all(ends <= set(kept) for kept in session.cache.kept_image_indices(layer).flatten(0, 1).tolist())
-    finally:
-        session.close()
+    assert_line_ends_never_evicted(model, *model.request(PROMPT, "", 1, 3.0))
 
 
 def test_static_logits_equal_eager_with_grouped_query_attention(model):
