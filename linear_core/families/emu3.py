@@ -22,8 +22,7 @@ from ..checkpoints import load_folder_tokenizer, read_folder_config
 from ..guidance import Guidance
 from ..images import grey_unfinished
 from ..layout import LineLayout
-from ..rules import TokenRules
-from .line_ends import code_grid, image_vocabulary, separate_cfg_request
+from .line_ends import EndOfLineRows, code_grid, image_vocabulary, separate_cfg_request
 from .meta_load import assign_weights, empty_model, read_weights, weights_device
 
 #: BAAI's image_generation.py (and transformers' Emu3 docs): the negative prompt of its CFG
@@ -48,7 +47,7 @@ def check_resolution(pixels: int) -> None:
                          f"pixels): use {DEFAULT_RESOLUTION}, the reference's size, or another multiple of 8.")
 
 
-class Emu3ImageModel(nn.Module):
+class Emu3ImageModel(EndOfLineRows, nn.Module):
     """Adapter over a loaded `Emu3ForConditionalGeneration` and its `Emu3Processor`."""
 
     def __init__(self, model: nn.Module, processor, resolution: int = DEFAULT_RESOLUTION) -> None:
@@ -80,19 +79,8 @@ class Emu3ImageModel(nn.Module):
         return self.backbone.config
 
     @property
-    def raster(self) -> LineLayout:
-        """Rows of ``grid_w`` codes plus an end-of-line token (no prefix)."""
-        return LineLayout(0, self.grid_h, self.grid_w, eol=True)
-
-    @property
-    def vocab(self) -> int:
-        return self.emu3.lm_head.out_features
-
-    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embed_tokens(tokens)
-
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.emu3.lm_head(hidden).float()
+    def head(self) -> nn.Module:
+        return self.emu3.lm_head
 
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -109,12 +97,6 @@ class Emu3ImageModel(nn.Module):
         uncond = self.prompt_ids(negative_prompt.strip() or NEGATIVE_PROMPT)
         return separate_cfg_request(self.backbone.embed_tokens, self.prompt_ids(prompt), uncond, batch, cfg,
                                     self.grid_h, self.grid_w)
-
-    @property
-    def rules(self) -> TokenRules:
-        """The reference's rules on CFG-mixed logits: the end-of-line token at a row end, otherwise
-        image codes only."""
-        return TokenRules(self.image_vocab, self.eol_id)
 
     # -- images ----------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,9 +1,10 @@
 """What the text-to-image families with end-of-line tokens share (Lumina-mGPT, Emu3).
 
 Both write an image as rows of VQ codes, each row closed by an end-of-line token that is cached like
-a code; both map vocabulary ids to codes through transformers' vocabulary-mapping classes
-(``image_tokens``, ``bpe2img``); both run the unconditional CFG branch on a prefix of its own; and
-both decode by dropping the end-of-line column of the raster.
+a code and forced by the same logits rules (`EndOfLineRows`); both map vocabulary ids to codes
+through transformers' vocabulary-mapping classes (``image_tokens``, ``bpe2img``); both run the
+unconditional CFG branch on a prefix of its own; and both decode by dropping the end-of-line column
+of the raster.
 """
 from __future__ import annotations
 
@@ -13,6 +14,39 @@ from torch import nn
 from ..adapter import Conditioning, execution_device
 from ..guidance import Guidance
 from ..layout import LineLayout
+from ..rules import TokenRules
+
+
+class EndOfLineRows:
+    """The adapter members the families share. A family sets ``grid_h``, ``grid_w``, ``eol_id`` and
+    the ``image_vocab`` mask, and provides ``backbone`` (the decoder stack) and ``head`` (its
+    ``lm_head``, read directly: the CausalLM forwards would mask image logits)."""
+
+    grid_h: int
+    grid_w: int
+    eol_id: int
+    image_vocab: torch.Tensor
+
+    @property
+    def raster(self) -> LineLayout:
+        """Rows of ``grid_w`` codes plus an end-of-line token (no prefix)."""
+        return LineLayout(0, self.grid_h, self.grid_w, eol=True)
+
+    @property
+    def vocab(self) -> int:
+        return self.head.out_features
+
+    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_tokens(tokens)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).float()
+
+    @property
+    def rules(self) -> TokenRules:
+        """The reference's rules on CFG-mixed logits: the end-of-line token at a row end, otherwise
+        image codes only."""
+        return TokenRules(self.image_vocab, self.eol_id)
 
 
 def image_vocabulary(mapping, vocab_size: int, family: str) -> tuple[torch.Tensor, torch.Tensor]:

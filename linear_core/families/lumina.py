@@ -21,8 +21,7 @@ from ..checkpoints import load_folder_tokenizer, read_folder_config
 from ..guidance import Guidance
 from ..images import grey_unfinished
 from ..layout import LineLayout
-from ..rules import TokenRules
-from .line_ends import code_grid, image_vocabulary, separate_cfg_request
+from .line_ends import EndOfLineRows, code_grid, image_vocabulary, separate_cfg_request
 from .meta_load import assign_weights, empty_model, read_weights, weights_device
 
 #: the reference's text-to-image request; the end-of-turn token follows it
@@ -46,7 +45,7 @@ def check_resolution(pixels: int) -> None:
                          "tokens count in 32 px): use 512, 768 or 1024, the checkpoints' own sizes.")
 
 
-class LuminaImageModel(nn.Module):
+class LuminaImageModel(EndOfLineRows, nn.Module):
     """Adapter over a loaded `ChameleonForConditionalGeneration`, its tokenizer and a VQGAN decoder."""
 
     def __init__(self, model: nn.Module, tokenizer, decoder: nn.Module | None, resolution: int) -> None:
@@ -74,23 +73,14 @@ class LuminaImageModel(nn.Module):
         return self.backbone.config
 
     @property
+    def head(self) -> nn.Module:
+        return self.chameleon.lm_head
+
+    @property
     def grid(self) -> int:
         return self.resolution // PATCH
 
-    @property
-    def raster(self) -> LineLayout:
-        """Rows of ``grid`` codes plus an end-of-line token (no prefix)."""
-        return LineLayout(0, self.grid, self.grid, eol=True)
-
-    @property
-    def vocab(self) -> int:
-        return self.chameleon.lm_head.out_features
-
-    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embed_tokens(tokens)
-
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.chameleon.lm_head(hidden).float()
+    grid_h = grid_w = grid  # square images
 
     # -- prompts ---------------------------------------------------------------------------------
     def image_start_ids(self) -> list[int]:
@@ -112,12 +102,6 @@ class LuminaImageModel(nn.Module):
         uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
         return separate_cfg_request(self.backbone.embed_tokens, self.prompt_ids(prompt), uncond, batch, cfg,
                                     self.grid, self.grid)
-
-    @property
-    def rules(self) -> TokenRules:
-        """The reference's rules on CFG-mixed logits: the end-of-line token at a row end, otherwise
-        image codes only."""
-        return TokenRules(self.image_vocab, self.eol_id)
 
     # -- images ----------------------------------------------------------------------------------
     @torch.inference_mode()
