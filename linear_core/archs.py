@@ -1,11 +1,12 @@
 """Named real architecture shapes, for benchmarking at true sizes with random weights.
 
 Sizes from the upstream checkpoints (LlamaGen GPT-B…3B, Janus-Pro-1B/7B language models,
-Lumina-mGPT's Chameleon-7B); prefix lengths are typical prompts. The benchmark builds each as a
-`LlamaGenModel` (LlamaGen: the real architecture, 2-D rotary included) or a `LlamaImageModel`
-(Janus-Pro, Lumina-mGPT: the same attention, KV and vocabulary shapes without needing a tokenizer;
-Chameleon's q/k-norm costs nothing measurable next to them; Lumina shapes keep its end-of-line
-lines and its short unconditional prefix, left-padded into the batch).
+Lumina-mGPT's Chameleon-7B, Emu3-Gen's decoder); prefix lengths are typical prompts. The benchmark
+builds each as a `LlamaGenModel` (LlamaGen: the real architecture, 2-D rotary included) or a
+`LlamaImageModel` (Janus-Pro, Lumina-mGPT, Emu3: the same attention, KV and vocabulary shapes
+without needing a tokenizer; Chameleon's q/k-norm costs nothing measurable next to them; Lumina and
+Emu3 shapes keep their end-of-line lines and a separate unconditional prefix, left-padded into the
+batch).
 """
 from __future__ import annotations
 
@@ -79,6 +80,12 @@ def _lumina(name: str, grid: int) -> ArchShape:
                      cfg_layout="separate", top_k=2000)
 
 
+#: Emu3-Gen (``BAAI/Emu3-Gen-hf``): 32 layers, 4096 wide, 32 query / 8 KV heads, FFN 14336, vocabulary
+#: 184622; 720 px = 90 rows of 90 codes + an end-of-line token; the prefix is the longer CFG stream,
+#: the default negative prompt in its template (≈52 tokens, counted by hand for Emu3's tokenizer)
+EMU3_GEN = ArchShape("emu3-gen", 32, 4096, 32, 14336, vocab=184622, grid=90, prefix_len=52, kv_heads=8, eol=True,
+                     cfg_layout="separate", top_k=2048)
+
 ARCHS: dict[str, ArchShape] = {a.name: a for a in (
     _llamagen("llamagen-b", 12, 768, 12, 2048),
     _llamagen("llamagen-l", 24, 1024, 16, 2816),
@@ -90,6 +97,7 @@ ARCHS: dict[str, ArchShape] = {a.name: a for a in (
     _lumina("lumina-mgpt-7b-512", 32),
     _lumina("lumina-mgpt-7b-768", 48),
     _lumina("lumina-mgpt-7b-1024", 64),
+    EMU3_GEN,
 )}
 
 

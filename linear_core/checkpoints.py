@@ -57,10 +57,17 @@ def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) 
     return config
 
 
+#: files a saved tokenizer consists of (transformers builds an empty tokenizer from a folder with none)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_folder_tokenizer(folder: Path):
     """The tokenizer shipped in a model folder (never downloaded)."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{folder.name} has no usable tokenizer: tokenizer.json / tokenizer_config.json from the same "
+                         "release must sit beside the weights.")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:

@@ -56,13 +56,14 @@ def _settings(args: argparse.Namespace, policy: str = "full", budget: str = "ful
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEMO_NAME, help=f"built-in name ({DEMO_NAME}), a LlamaGen c2i_*.pt / "
-                        ".safetensors, or a Janus-Pro / Lumina-mGPT folder")
+                        ".safetensors, or a Janus-Pro / Lumina-mGPT / Emu3-Gen folder")
     parser.add_argument("--vq", "--vqgan", dest="vq", default=None,
                         help="image decoder: LlamaGen's vq_ds16_c2i.pt, or the folder with Chameleon's vqgan.ckpt "
                              "+ vqgan.yaml for Lumina-mGPT (default: a 'vqgan' folder inside the model folder)")
     parser.add_argument("--grid", type=int, default=None, help="token grid when the file name has no _256/_384/_512")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="image size in pixels (16 per token): Lumina-mGPT 512/768/1024, LlamaGen 256/384/512")
+                        help="image size in pixels: Lumina-mGPT 512/768/1024 and LlamaGen 256/384/512 (16 per "
+                             "token), Emu3-Gen 720 (8 per token)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads, for non-standard LlamaGen widths")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -159,7 +160,7 @@ def _generate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be at least 1, got {args.batch}.")
     settings = _settings(args, args.policy, args.budget)
     pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads, args.device_map,
-                             args.offload_folder)
+                             args.offload_folder, args.resolution)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     if isinstance(pipeline, TextToImagePipeline):
         if not args.prompt:
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             report = _generate(args)
             text = _format_generate(report)
         elif args.command == "fidelity":
-            pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads)
+            pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads,
+                                     resolution=args.resolution)
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
                                      args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile)
             text = format_fidelity(report)

@@ -204,12 +204,13 @@ def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> C
 def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, grid: int | None = None,
                   dtype: str | torch.dtype = "fp32", device: str | torch.device | None = None,
                   heads: int | None = None, device_map: str | dict | None = None,
-                  offload_folder: str | Path | None = None) -> ImagePipeline:
+                  offload_folder: str | Path | None = None, resolution: int | None = None) -> ImagePipeline:
     """Load a built-in name (``demo-digits``), a demo-format folder, a LlamaGen GPT file + VQ file,
-    or a Janus-Pro / Lumina-mGPT folder (→ `TextToImagePipeline`; ``vq`` is then Lumina's VQGAN and
-    ``grid`` its size in codes). ``grid`` / ``heads`` are needed only where a name or width does not
-    tell them; ``device_map`` (accelerate, with ``offload_folder`` for weights it puts on disk)
-    applies to the text-to-image families."""
+    or a Janus-Pro / Lumina-mGPT / Emu3-Gen folder (→ `TextToImagePipeline`; ``vq`` is then Lumina's
+    VQGAN and ``grid`` its size in codes). ``grid`` / ``heads`` are needed only where a name or width
+    does not tell them; ``resolution`` (pixels) sizes Lumina and Emu3 images and beats ``grid``;
+    ``device_map`` (accelerate, with ``offload_folder`` for weights it puts on disk) applies to the
+    text-to-image families."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
@@ -226,12 +227,19 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
             from .families.lumina import PATCH, load_lumina
             from .text_pipeline import LUMINA_DEFAULTS, LUMINA_OMNI_DEFAULTS, TextToImagePipeline
 
-            model = load_lumina(path, vq, grid and grid * PATCH, dtype, device, device_map, offload_folder)
+            model = load_lumina(path, vq, resolution or (grid and grid * PATCH), dtype, device, device_map,
+                                offload_folder)
             defaults = LUMINA_OMNI_DEFAULTS if "omni" in path.name.lower() else LUMINA_DEFAULTS
             return TextToImagePipeline(path.name, "lumina-mgpt", model, defaults)
+        if config.get("model_type") in ("emu3", "Emu3"):
+            from .families.emu3 import PATCH, load_emu3
+            from .text_pipeline import EMU3_DEFAULTS, TextToImagePipeline
+
+            model = load_emu3(path, resolution or (grid and grid * PATCH), dtype, device, device_map, offload_folder)
+            return TextToImagePipeline(path.name, "emu3-gen", model, EMU3_DEFAULTS)
         found = f"a {describe_folder_config(config)} folder" if config else "a folder without config.json"
         raise ValueError(f"{path.name} is {found}; this version runs {DEMO_NAME!r}, LlamaGen c2i_*.pt / "
-                         ".safetensors files, Janus-Pro and Lumina-mGPT folders.")
+                         ".safetensors files, Janus-Pro, Lumina-mGPT and Emu3-Gen folders.")
     if not path.is_file():
         choices = ", ".join(BUILTIN_MODELS)
         raise ValueError(f"Model {str(model)!r} not found: give a checkpoint path or a built-in name ({choices}).")

@@ -1,8 +1,9 @@
-"""Text-to-image pipelines (Janus-Pro, Lumina-mGPT): prompt → conditioning → engine → decoded images.
+"""Text-to-image pipelines (Janus-Pro, Lumina-mGPT, Emu3): prompt → conditioning → engine → decoded images.
 
 A text-to-image family adapter provides ``request(prompt, negative_prompt, batch, cfg)``,
 ``decode(tokens)``, ``raster`` (its line layout without prefix), ``vocab`` and, where the
-reference restricts or forces tokens, ``rules`` (a `TokenRules`).
+reference restricts or forces tokens, ``rules`` (a `TokenRules`) and ``closing_ids`` (the tokens
+the reference forces after the raster; they end the returned tokens).
 """
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ JANUS_DEFAULTS = SamplingDefaults(cfg=5.0, temperature=1.0, top_k=0, top_p=1.0)
 #: the Omni checkpoint's demo samples with cfg 1 and top-k 200
 LUMINA_DEFAULTS = SamplingDefaults(cfg=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 LUMINA_OMNI_DEFAULTS = SamplingDefaults(cfg=1.0, temperature=1.0, top_k=200, top_p=1.0)
+#: BAAI's Emu3 image_generation.py: classifier_free_guidance 3.0, do_sample with top_k 2048
+EMU3_DEFAULTS = SamplingDefaults(cfg=3.0, temperature=1.0, top_k=2048, top_p=1.0)
 
 
 @dataclass
 class TextToImagePipeline(ImagePipeline):
     name: str
-    family: str  # "janus-pro", "lumina-mgpt"
+    family: str  # "janus-pro", "lumina-mgpt", "emu3-gen"
     model: nn.Module  # a text-to-image family adapter (see the module docstring)
     defaults: SamplingDefaults = JANUS_DEFAULTS
 
@@ -76,10 +79,18 @@ class TextToImagePipeline(ImagePipeline):
         result = generate(self.model, conditioning, layout, settings, guidance, sampling, seed,
                           rules=getattr(self.model, "rules", None), callbacks=callbacks, decode=decode,
                           compile=compile, speculative=speculative)
+        tokens = self.closed(result.tokens)
         t0 = time.perf_counter()
-        images = self.decode_images(result.tokens)
+        images = self.decode_images(tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,
                 "cfg": cfg, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                 "seed": seed, "device": str(self.device)}
-        return ImageBatch(images, result.tokens.cpu(), [], result.stats, time.perf_counter() - t0, used,
+        return ImageBatch(images, tokens.cpu(), [], result.stats, time.perf_counter() - t0, used,
                           layout.with_budget(settings.budget))
+
+    def closed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The raster followed by the family's closing tokens (end of frame / image for Emu3)."""
+        closing = getattr(self.model, "closing_ids", ())
+        if not closing:
+            return tokens
+        return torch.cat([tokens, tokens.new_tensor(closing).expand(tokens.shape[0], -1)], dim=1)

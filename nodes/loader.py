@@ -27,7 +27,8 @@ class LineARModelLoader(io.ComfyNode):
                                        "the GPT file; the demo needs none."),
                 io.Combo.Input("resolution", options=RESOLUTION_CHOICES, default=AUTO,
                                tooltip="Image size of a LlamaGen GPT when its file name does not say it "
-                                       "(c2i_XL_384.pt says 384)."),
+                                       "(c2i_XL_384.pt says 384); Lumina-mGPT and Emu3-Gen sizes (Emu3: 720 "
+                                       "when auto)."),
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default=AUTO,
                                tooltip="'auto' asks ComfyUI: bf16 or fp16 on GPUs that run them well, else fp32."),
                 io.Combo.Input("device", options=DEVICE_CHOICES, default=AUTO,

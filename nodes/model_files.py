@@ -21,7 +21,7 @@ FOLDER = "linear_ar"
 AUTO = "auto"
 DTYPE_CHOICES = [AUTO, "fp32", "bf16", "fp16"]
 DEVICE_CHOICES = [AUTO, "cpu"]
-RESOLUTION_CHOICES = [AUTO, "256", "384", "512", "768", "1024"]
+RESOLUTION_CHOICES = [AUTO, "256", "384", "512", "720", "768", "1024"]
 
 
 def register_folder() -> None:
@@ -130,8 +130,8 @@ def load_model(choice: str, tokenizer: str = AUTO, resolution: str = AUTO, dtype
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
     model = resolve_model(choice)
-    grid = None if resolution == AUTO else int(resolution) // 16
-    pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), grid, pick_dtype(dtype, load_device),
-                             offload_device)
+    pixels = None if resolution == AUTO else int(resolution)
+    pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), pixels and pixels // 16,
+                             pick_dtype(dtype, load_device), offload_device, resolution=pixels)
     patcher = ModelPatcher(pipeline.weights(), load_device=load_device, offload_device=offload_device)
     return LoadedModel(pipeline, patcher, choice)

@@ -138,7 +138,7 @@ class LineARTextSampler(io.ComfyNode):
             display_name="LineAR Text Sampler",
             category=CATEGORY,
             description="Generates images from a prompt token by token with a compressed KV cache (Janus-Pro, "
-                        "Lumina-mGPT). "
+                        "Lumina-mGPT, Emu3-Gen). "
                         "Shows progress and a partial preview; Cancel stops at the next token and frees the cache.",
             inputs=[
                 ModelSocket.Input("model"),
@@ -148,7 +148,8 @@ class LineARTextSampler(io.ComfyNode):
                                 tooltip="What to draw."),
                 io.String.Input("negative_prompt", multiline=True, default="",
                                 tooltip="Optional: what the unconditional branch of CFG says (empty = the "
-                                        "model's own padded prompt)."),
+                                        "model's own: Janus's padded prompt, Lumina's image start, Emu3's "
+                                        "negative prompt)."),
                 *sampling_inputs(cfg=5.0, top_k=0),
             ],
             outputs=OUTPUTS,

@@ -30,6 +30,23 @@ def feed_and_record(session: DecodeSession, tokens: torch.Tensor, chunk: int):
     return torch.cat(logits, dim=1), history
 
 
+def assert_line_ends_never_evicted(model, conditioning, guidance, layout) -> None:
+    """Random tokens fed under ``keep_line_ends``: after every boundary each (row, head) still
+    holds every end-of-line token written so far, while evictions happened."""
+    settings = CacheSettings("linear", budget="3 lines", anchors=2, recent_lines=1, keep_line_ends=True)
+    session = DecodeSession(model, conditioning, layout, settings, guidance)
+    tokens = torch.randint(0, model.vocab, (conditioning.prefix.shape[0], layout.image_tokens - 1),
+                           generator=torch.Generator().manual_seed(4))
+    try:
+        feed_and_record(session, tokens.to(conditioning.prefix.device), 1)
+        assert session.compressions > 0
+        ends = {i for i in range(tokens.shape[1]) if layout.is_line_end(i)}
+        for layer in range(len(session.cache.layers)):
+            assert all(ends <= set(kept) for kept in session.cache.kept_image_indices(layer).flatten(0, 1).tolist())
+    finally:
+        session.close()
+
+
 def reference_logits(model, conditioning, guidance, layout, tokens, history):
     """Each prefix as its own request (a ``separate`` unconditional prefix with its own positions),
     with the keys the session evicted from its rows masked out."""

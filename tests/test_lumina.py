@@ -20,7 +20,7 @@ from linear_core.session import planned_cache_bytes
 from linear_core.fidelity import fidelity_report
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline
-from test_exactness import assert_matches_masked_reference, feed_and_record
+from test_exactness import assert_line_ends_never_evicted, assert_matches_masked_reference
 import upstream_lumina as upstream
 from chameleon_files import reference_decode, tiny_vqgan_state
 
@@ -147,20 +147,7 @@ def test_logits_equal_masked_full_forward_with_end_of_line_lines(model, policy, 
 
 
 def test_kept_line_ends_are_never_evicted(model):
-    conditioning, guidance, layout = model.request(PROMPT, "", 1, 4.0)
-    settings = CacheSettings("linear", budget="3 lines", anchors=2, recent_lines=1, keep_line_ends=True)
-    session = DecodeSession(model, conditioning, layout, settings, guidance)
-    tokens = torch.randint(0, model.vocab, (1, layout.image_tokens - 1), generator=torch.Generator().manual_seed(4))
-    try:
-        feed_and_record(session, tokens.to(DEVICE), 1)
-        assert session.compressions > 0
-        ends = {i for i in range(tokens.shape[1]) if layout.is_line_end(i)}
-        for layer in range(len(session.cache.layers)):
-            held = session.cache.kept_image_indices(layer)
-            for row_head in held.flatten(0, 1).tolist():
-                assert ends <= set(row_head)
-    finally:
-        session.close()
+    assert_line_ends_never_evicted(model, *model.request(PROMPT, "", 1, 4.0))
 
 
 def test_shared_qk_norm_rows_become_per_head_and_shards_load(tmp_path, folder):

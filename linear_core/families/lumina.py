@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from ..adapter import Conditioning, execution_device
-from ..checkpoints import load_folder_tokenizer, read_folder_config, read_folder_weights
-from ..devices import dispatch
+from ..checkpoints import load_folder_tokenizer, read_folder_config
 from ..guidance import Guidance
 from ..images import grey_unfinished
 from ..layout import LineLayout
-from ..rules import TokenRules
+from .line_ends import EndOfLineRows, code_grid, image_vocabulary, separate_cfg_request
+from .meta_load import assign_weights, empty_model, read_weights, weights_device
 
 #: the reference's text-to-image request; the end-of-turn token follows it
 TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
@@ -45,7 +45,7 @@ def check_resolution(pixels: int) -> None:
                          "tokens count in 32 px): use 512, 768 or 1024, the checkpoints' own sizes.")
 
 
-class LuminaImageModel(nn.Module):
+class LuminaImageModel(EndOfLineRows, nn.Module):
     """Adapter over a loaded `ChameleonForConditionalGeneration`, its tokenizer and a VQGAN decoder."""
 
     def __init__(self, model: nn.Module, tokenizer, decoder: nn.Module | None, resolution: int) -> None:
@@ -60,15 +60,9 @@ class LuminaImageModel(nn.Module):
             raise ValueError(f"The tokenizer has no {', '.join(missing)} token: this folder's tokenizer is not "
                              "Chameleon's / Lumina-mGPT's.")
         self.boi_id, self.eol_id, self.size_id = (vocab[name] for name in (BEGIN_IMAGE, END_OF_LINE, names[-1]))
-        mapping = model.model.vocabulary_mapping
-        image_ids = torch.tensor(mapping.image_tokens)
-        if not len(image_ids):
-            raise ValueError("config.json has no IMGIMG entries in its vocabulary_map: not a Chameleon image model.")
-        #: vocabulary id → VQGAN code (-1 outside the image vocabulary)
-        self.register_buffer("code_of", torch.full((model.config.vocab_size,), -1, dtype=torch.long), persistent=False)
-        self.code_of[image_ids] = torch.tensor([mapping.bpe2img[int(i)] for i in image_ids])
-        self.register_buffer("image_vocab", torch.zeros(model.config.vocab_size, dtype=torch.bool), persistent=False)
-        self.image_vocab[image_ids] = True
+        code_of, image_vocab = image_vocabulary(model.model.vocabulary_mapping, model.config.vocab_size, "Chameleon")
+        self.register_buffer("code_of", code_of, persistent=False)  # vocabulary id → VQGAN code
+        self.register_buffer("image_vocab", image_vocab, persistent=False)
 
     @property
     def backbone(self) -> nn.Module:
@@ -79,23 +73,14 @@ class LuminaImageModel(nn.Module):
         return self.backbone.config
 
     @property
+    def head(self) -> nn.Module:
+        return self.chameleon.lm_head
+
+    @property
     def grid(self) -> int:
         return self.resolution // PATCH
 
-    @property
-    def raster(self) -> LineLayout:
-        """Rows of ``grid`` codes plus an end-of-line token (no prefix)."""
-        return LineLayout(0, self.grid, self.grid, eol=True)
-
-    @property
-    def vocab(self) -> int:
-        return self.chameleon.lm_head.out_features
-
-    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embed_tokens(tokens)
-
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.chameleon.lm_head(hidden).float()
+    grid_h = grid_w = grid  # square images
 
     # -- prompts ---------------------------------------------------------------------------------
     def image_start_ids(self) -> list[int]:
@@ -114,20 +99,9 @@ class LuminaImageModel(nn.Module):
         unconditional stream sees the image start only (or the negative prompt's full request)."""
         if not prompt.strip():
             raise ValueError("The prompt is empty: describe the image to generate.")
-        ids = self.prompt_ids(prompt)
-        device = execution_device(self.backbone.embed_tokens)
-        embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
-        layout = LineLayout(len(ids), self.grid, self.grid, eol=True)
-        if cfg <= 1.0:
-            return Conditioning(embed([ids] * batch)), Guidance(cfg, "none"), layout
         uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
-        return Conditioning(embed([ids] * batch), embed([uncond] * batch)), Guidance(cfg, "separate"), layout
-
-    @property
-    def rules(self) -> TokenRules:
-        """The reference's rules on CFG-mixed logits: the end-of-line token at a row end, otherwise
-        image codes only."""
-        return TokenRules(self.image_vocab, self.eol_id)
+        return separate_cfg_request(self.backbone.embed_tokens, self.prompt_ids(prompt), uncond, batch, cfg,
+                                    self.grid, self.grid)
 
     # -- images ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -136,11 +110,7 @@ class LuminaImageModel(nn.Module):
         unfinished rows (a preview) are painted grey."""
         if self.decoder is None:
             raise ValueError("No VQGAN decoder loaded: give the folder with Meta's Chameleon vqgan.ckpt / vqgan.yaml.")
-        line = self.grid + 1
-        rows = tokens.shape[1] // line
-        grid = tokens.new_zeros(tokens.shape[0], self.grid, line)
-        grid.view(tokens.shape[0], -1)[:, :rows * line] = tokens[:, :rows * line]
-        codes = self.code_of.to(tokens.device)[grid[:, :, :self.grid]].clamp(min=0)
+        codes, rows = code_grid(tokens, self.code_of, self.grid, self.grid)
         image = self.decoder(codes.flatten(1), self.grid, self.grid)
         return grey_unfinished(image, rows, self.grid)
 
@@ -159,29 +129,25 @@ def load_chameleon(folder: Path, config: dict, dtype: torch.dtype, device: torch
     Lumina-mGPT stores each q/k-norm as one ``(1, head_dim)`` row that every head shares; the
     native model wants ``(heads, head_dim)``, so the row is repeated. The VQ image *encoder* that
     `ChameleonModel` builds is not in the checkpoint and never used for text-to-image: dropped."""
-    from accelerate import init_empty_weights
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
     chameleon_config = ChameleonConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
-    with init_empty_weights():
-        model = ChameleonForConditionalGeneration(chameleon_config)
+    model = empty_model(lambda: ChameleonForConditionalGeneration(chameleon_config))
     model.model.vqmodel = None
-    target = "cpu" if device_map else device
-    state = {}
-    for key, tensor in read_folder_weights(folder).items():
+
+    def per_head(key: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
         if key.endswith(("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")):
             heads = chameleon_config.num_attention_heads if ".q_norm." in key else chameleon_config.num_key_value_heads
             if tensor.shape[0] != heads:
                 tensor = tensor.repeat_interleave(heads // tensor.shape[0], dim=0)
-        state[key] = tensor.to(device=target, dtype=dtype)
+        return key, tensor
+
+    target = weights_device(device, device_map)
+    state = read_weights(folder, dtype, target, per_head)
     if chameleon_config.tie_word_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"{folder.name} does not match the Chameleon architecture of its config.json: missing "
-                         f"{missing[:4]}, unexpected {unexpected[:4]}.")
-    model.to(device=target).eval()  # the rotary buffers follow the weights
-    return dispatch(model, device_map, offload_folder) if device_map else model
+    return assign_weights(model, state, f"{folder.name} does not match the Chameleon architecture of its config.json",
+                          target, device_map, offload_folder)
 
 
 def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution: int | None = None,

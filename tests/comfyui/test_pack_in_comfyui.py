@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from comfyui_harness import PACK_FOLDER, REPO_ROOT, PromptRejected, sampler_prompt
+from emu3_files import write_emu3
 from janus_files import write_native_janus
 from lumina_files import write_lumina
 from llamagen_files import tiny_vq_state, upstream_state
@@ -25,6 +26,7 @@ EXPECTED = {
     "linear_ar_compare_policies.json": {"images": (12, 128), "stats": 3},
     "linear_ar_janus_pro_t2i.json": {"images": (4, 32), "stats": 1},  # 16×16 tokens, the tiny VQ upsamples ×2
     "linear_ar_lumina_mgpt_t2i.json": {"images": (1, 96), "stats": 1},  # 48×48 codes (+ line ends), VQGAN ×2
+    "linear_ar_emu3_gen_t2i.json": {"images": (1, 180), "stats": 1},  # 90×90 codes (+ line ends), tiny VQ-VAE ×2
 }
 
 
@@ -32,7 +34,8 @@ EXPECTED = {
 def server(comfy_server):
     """The shared server with model files under the names the workflows use: an XL-width (1280, 20
     heads), one-layer LlamaGen GPT at 384 px (24×24 tokens) with a tiny VQ decoder, and a tiny
-    transformers-native Janus-Pro folder (16×16 tokens) and a tiny Lumina-mGPT folder named for 768 px."""
+    transformers-native Janus-Pro folder (16×16 tokens), a tiny Lumina-mGPT folder named for 768 px and
+    a tiny Emu3-Gen folder (720 px by default)."""
     folder = comfy_server.linear_ar_dir
     folder.mkdir(parents=True, exist_ok=True)
     gpt = folder / "c2i_XL_384.pt"
@@ -41,6 +44,7 @@ def server(comfy_server):
         torch.save({"model": tiny_vq_state()}, folder / "vq_ds16_c2i.pt")
         write_native_janus(folder / "Janus-Pro-1B", grid=16)  # 1/6 of 256 tokens fits 8 anchors + 2 lines
         write_lumina(folder / "Lumina-mGPT-7B-768")  # tiny weights, the real 768 px layout, VQGAN inside
+        write_emu3(folder / "Emu3-Gen-hf", shards=True, vq_levels=2)  # tiny weights, the real 720 px layout
     return comfy_server
 
 
@@ -167,6 +171,6 @@ def test_model_folder_of_an_unsupported_family_is_named(server):
 
 
 def test_a_text_model_in_the_class_sampler_points_to_the_text_sampler(server):
-    for model in ("Janus-Pro-1B/", "Lumina-mGPT-7B-768/"):
+    for model in ("Janus-Pro-1B/", "Lumina-mGPT-7B-768/", "Emu3-Gen-hf/"):
         entry = server.run(sampler_prompt(model=model))
         assert "use LineAR Text Sampler" in ended_with(entry, "execution_error")["exception_message"]
