@@ -17,7 +17,7 @@ from conftest import DEVICE
 from emu3_files import BOI, EOF, EOI, EOL, RESOLUTION, WRAPPER, reference_model, write_emu3
 from linear_core import CacheSettings, SamplingConfig
 from linear_core.archs import get_arch
-from linear_core.engine import planned_cache_bytes
+from linear_core.session import planned_cache_bytes
 from linear_core.families.emu3 import NEGATIVE_PROMPT, Emu3ImageModel, load_emu3
 from linear_core.guidance import Guidance
 from linear_core.pipeline import load_pipeline

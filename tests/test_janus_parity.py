@@ -51,7 +51,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from janus_files import GRID, write_deepseek_janus, write_native_janus
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.decoders.vq16 import load_vq16
-from linear_core.engine import cache_keyword
+from linear_core.session import cache_keyword
 from linear_core.families.janus import load_janus
 from linear_core.pipeline import load_pipeline
 
