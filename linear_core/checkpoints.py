@@ -16,6 +16,8 @@ import torch
 #: wrappers upstream training scripts put around the state dict (DDP, DeepSpeed, Lightning)
 STATE_DICT_KEYS = ("model", "module", "state_dict")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: any one of these in a model folder means a tokenizer ships with it
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -38,10 +40,41 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                          f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}.")
     try:
         data = _load_weights_only(path)
-    except Exception as error:
-        raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
-                         "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
+    except pickle.UnpicklingError as error:
+        raise ValueError(refused_pickle(path.name, str(error))) from None
+    except ValueError:
+        raise
+    except Exception as error:  # torch raises RuntimeError and others for a damaged archive
+        raise ValueError(f"{path.name} is not a readable PyTorch checkpoint (damaged or incomplete: "
+                         f"{type(error).__name__}); download it again from its source.") from None
     return unwrap_state_dict(data, path.name), {}
+
+
+#: what torch's weights-only unpickler names when it refuses a pickled global
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refused_pickle(name: str, error: str) -> str:
+    """Why a pickle was refused and what to do, without torch's advice to load it unsafely."""
+    found = _REFUSED_GLOBAL.search(error)
+    what = (f"pickles {found.group(1)}, code that would run on loading" if found else
+            "is damaged or pickles objects other than tensors")
+    return (f"{name} {what}: refused, nothing in it ran. Convert the checkpoint to .safetensors (on a machine "
+            "you trust it on), or get the file again from its original source.")
+
+
+def read_config_json(path: Path) -> dict:
+    """A ``config.json`` as a dict; a damaged file or one that is not a JSON object is refused with
+    its folder and file named (never a raw JSON or attribute error)."""
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where} is not readable JSON ({error}): restore it from the model's release.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} holds a JSON {type(config).__name__}, not an object of settings: restore it "
+                         "from the model's release.")
+    return config
 
 
 def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) -> dict:
@@ -49,7 +82,7 @@ def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) 
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder.name} has no config.json: give a {family} model folder.")
-    config = json.loads(path.read_text())
+    config = read_config_json(path)
     if config.get("model_type") not in model_types:
         expected = " or ".join(repr(t) for t in model_types)
         raise ValueError(f"{folder.name} is not a {family} folder (config.json model_type "
@@ -61,6 +94,9 @@ def load_folder_tokenizer(folder: Path):
     """The tokenizer shipped in a model folder (never downloaded)."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{folder.name} has no usable tokenizer: none of {', '.join(TOKENIZER_FILES)} is in the "
+                         "folder; copy the tokenizer files of the same release beside config.json.")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:

@@ -69,6 +69,11 @@ class JanusImageModel(nn.Module):
         return side
 
     @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + image) the language model was configured for."""
+        return self.config.max_position_embeddings
+
+    @property
     def raster(self) -> LineLayout:
         return LineLayout(0, self.grid, self.grid)
 
@@ -107,6 +112,8 @@ class JanusImageModel(nn.Module):
         device = execution_device(self.backbone.embed_tokens)
         embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
         layout = LineLayout(len(ids), self.grid, self.grid)
+        for sequence in (ids, negative or ()):  # before anything is embedded
+            layout.with_prefix(len(sequence)).check_positions(self.max_positions)
         if cfg <= 1.0:
             return Conditioning(embed([ids] * batch)), Guidance(cfg, "none"), layout
         if negative is not None:

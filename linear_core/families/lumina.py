@@ -81,6 +81,11 @@ class LuminaImageModel(nn.Module):
         return self.resolution // PATCH
 
     @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + image) the language model was configured for."""
+        return self.config.max_position_embeddings
+
+    @property
     def raster(self) -> LineLayout:
         """Rows of ``grid`` codes plus an end-of-line token (no prefix)."""
         return LineLayout(0, self.grid, self.grid, eol=True)
@@ -115,9 +120,11 @@ class LuminaImageModel(nn.Module):
         device = execution_device(self.backbone.embed_tokens)
         embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
         layout = LineLayout(len(ids), self.grid, self.grid, eol=True)
+        uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
+        for sequence in (ids, uncond):  # before anything is embedded
+            layout.with_prefix(len(sequence)).check_positions(self.max_positions)
         if cfg <= 1.0:
             return Conditioning(embed([ids] * batch)), Guidance(cfg, "none"), layout
-        uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
         return Conditioning(embed([ids] * batch), embed([uncond] * batch)), Guidance(cfg, "separate"), layout
 
     @property
@@ -193,8 +200,10 @@ def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution:
     config = read_folder_config(folder, "Lumina-mGPT", ("chameleon",))
     resolution = resolution or resolution_from_name(folder.name)
     if resolution is None:
-        raise ValueError(f"Cannot tell the resolution of {folder.name}: give it (512, 768 or 1024, the size the "
-                         "checkpoint was trained at).")
+        raise ValueError(f"Cannot tell the resolution of {folder.name}: its config.json says model_type 'chameleon' "
+                         "(Lumina-mGPT), whose folders are named after their size (Lumina-mGPT-7B-768). If it is a "
+                         "Lumina-mGPT model, give the resolution (512, 768 or 1024) or put the size in the folder "
+                         "name; if it should be Janus-Pro, its config.json is the wrong one.")
     tokenizer = load_folder_tokenizer(folder)
     vqgan = vqgan or find_vqgan(folder)  # before the big load: a missing decoder fails fast
     model = load_chameleon(folder, config, dtype, device, device_map, offload_folder)
