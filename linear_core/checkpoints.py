@@ -72,8 +72,8 @@ def read_config_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{where} is not readable JSON ({error}): restore it from the model's release.") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{where} holds a JSON {type(config).__name__}, not an object of settings: restore it "
-                         "from the model's release.")
+        kind = {list: "an array", type(None): "null", str: "a string", bool: "a boolean"}.get(type(config), "a number")
+        raise ValueError(f"{where} holds {kind}, not a JSON object of settings: restore it from the model's release.")
     return config
 
 

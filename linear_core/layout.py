@@ -16,8 +16,9 @@ from fractions import Fraction
 MAX_GRID = 128
 #: the longest budget text read; longer ones are refused before they are parsed
 MAX_BUDGET_CHARS = 32
-#: ``0.25``, ``.25``, ``1/6``, ``4 lines`` (``l``, ``line``): plain ASCII digits, no exponent, no sign
-BUDGET_GRAMMAR = re.compile(r"(?P<ratio>[0-9]+(?:\.[0-9]*)?|\.[0-9]+|[0-9]+/(?P<denominator>[0-9]+))"
+#: ``0.25``, ``.25``, ``1/6``, ``4 lines`` (``l``, ``line``): plain ASCII digits, no exponent (a sign
+#: is read, so that a negative budget is told it is outside (0, 1])
+BUDGET_GRAMMAR = re.compile(r"(?P<ratio>[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+|[0-9]+/(?P<denominator>[0-9]+)))"
                             r"|(?P<lines>[0-9]+)\s*(?:l|line|lines)")
 
 
@@ -164,7 +165,7 @@ class LineLayout:
         naming the limit and what to shorten: the prompt, or the grid."""
         if limit is None or self.full_length <= limit:
             return
-        needs = (f"This request needs {self.full_length} positions ({self.prefix_len} prompt tokens + "
+        needs = (f"This request needs {self.full_length} positions ({self.prefix_len} prefix tokens + "
                  f"{self.image_tokens} image tokens) but the model covers {limit}")
         if self.image_tokens < limit:
             raise ValueError(f"{needs}: shorten the prompt to at most {limit - self.image_tokens} tokens.")

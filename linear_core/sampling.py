@@ -117,7 +117,7 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
 
 def check_seed(seed: int | Sequence[int]) -> int:
     """A seed (or each of several) as an int in torch's 64-bit range; returns the first."""
-    seeds = [seed] if isinstance(seed, int) else list(seed)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     checked = []
     for value in seeds:
         try:
