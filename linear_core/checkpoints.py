@@ -63,9 +63,9 @@ def refused_pickle(name: str, error: str) -> str:
             "you trust it on), or get the file again from its original source.")
 
 
-def read_config_json(path: Path) -> dict:
-    """A ``config.json`` as a dict; a damaged file or one that is not a JSON object is refused with
-    its folder and file named (never a raw JSON or attribute error)."""
+def read_json_object(path: Path) -> dict:
+    """A JSON file of settings (``config.json``, a shard index) as a dict; a damaged file or one that
+    is not a JSON object is refused with its folder and file named (never a raw JSON or attribute error)."""
     where = f"{path.parent.name}/{path.name}"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -82,7 +82,7 @@ def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) 
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder.name} has no config.json: give a {family} model folder.")
-    config = read_config_json(path)
+    config = read_json_object(path)
     if config.get("model_type") not in model_types:
         expected = " or ".join(repr(t) for t in model_types)
         raise ValueError(f"{folder.name} is not a {family} folder (config.json model_type "
@@ -111,7 +111,10 @@ def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
         index = folder / index_name
         if index.is_file():
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            weight_map = read_json_object(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{folder.name}/{index_name} has no weight_map: restore it from the model's release.")
+            for shard in sorted(set(weight_map.values())):
                 state.update(read_state_dict(folder / shard)[0])
             return state
     for name in ("model.safetensors", "pytorch_model.bin"):

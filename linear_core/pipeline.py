@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .checkpoints import describe_folder_config, read_config_json
+from .checkpoints import describe_folder_config, read_json_object
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
 from .decoders.vq16 import load_vq16
@@ -216,7 +216,7 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
-        config = read_config_json(path / "config.json") if (path / "config.json").is_file() else {}
+        config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
         if config.get("family") == DEMO_NAME and (path / "model.safetensors").is_file():
             return _load_demo(path, config, dtype, device)
         if config.get("model_type") in ("janus", "multi_modality"):

@@ -13,7 +13,7 @@ import torch
 from comfy.model_patcher import ModelPatcher
 
 from ..linear_core.demo import DEMO_NAME
-from ..linear_core.checkpoints import read_config_json
+from ..linear_core.checkpoints import read_json_object
 from ..linear_core.devices import DTYPES
 from ..linear_core.pipeline import ImagePipeline, load_pipeline
 from ..linear_core.settings import CacheSettings
@@ -109,7 +109,7 @@ def resolve_model(choice: str) -> str | Path:
 def check_model_folder(model: str | Path) -> None:
     """A model folder's ``config.json`` must be readable before the prompt is queued."""
     if isinstance(model, Path) and (model / "config.json").is_file():
-        read_config_json(model / "config.json")
+        read_json_object(model / "config.json")
 
 
 def relative_to_models(message: str) -> str:

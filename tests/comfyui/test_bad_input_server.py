@@ -93,6 +93,15 @@ def test_bad_widget_values_are_refused_when_queued(server):
         still_serving(server)
 
 
+def test_a_nan_cache_map_opacity_is_refused_when_queued(server):
+    graph = sampler_prompt()
+    graph["5"] = {"class_type": "LineAR_CacheMap", "inputs": {"run": ["3", 2], "layer": -1, "opacity": math.nan}}
+    graph["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}  # the only output: else the rest runs
+    node_errors = rejected(server, graph)
+    assert error_text(node_errors, "5") == "opacity must be a finite number, got nan."
+    still_serving(server)
+
+
 def text_prompt(prompt: str, model: str = "Janus-Pro-1B/") -> dict:
     graph = sampler_prompt(model=model)
     graph["3"] = {"class_type": "LineAR_TextSampler", "inputs": {
