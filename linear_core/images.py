@@ -1,15 +1,15 @@
 """Image tensors to files: a grid of a batch, written as PNG (atomically, with text chunks)."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import replacing
 
 
 def grey_unfinished(image: torch.Tensor, lines: int, grid_h: int) -> torch.Tensor:
@@ -54,20 +54,11 @@ def write_png(image, path: str | Path, text: dict[str, str] | None = None, compr
     ``path`` once complete, so a crash or a full disk never leaves a half-written image there."""
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any file
-    try:
-        with os.fdopen(handle, "wb") as out:
-            image.save(out, format="PNG", pnginfo=info, compress_level=compress_level)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with replacing(path) as temporary, open(temporary, "wb") as out:
+        image.save(out, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:

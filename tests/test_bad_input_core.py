@@ -17,6 +17,7 @@ from linear_core.adapter import Conditioning
 from linear_core.devices import check_device, free_bytes
 from linear_core.engine import DecodeSession
 from linear_core.families.llamagen import LlamaGenSpec, load_llamagen
+from linear_core.files import replacing
 from linear_core.images import check_output_file, save_png, write_png
 from linear_core.labels import resolve_label
 from linear_core.layout import MAX_BUDGET_CHARS, Budget
@@ -255,3 +256,11 @@ def test_a_read_only_output_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not writable"):
         check_output_file(target)
 
+
+
+def test_a_replaced_file_gets_the_permissions_of_any_new_file(tmp_path):
+    (tmp_path / "plain.json").write_text("{}")  # created the ordinary way, under this process's umask
+    with replacing(tmp_path / "config.json") as temporary:
+        temporary.write_text("{}")
+    assert (tmp_path / "config.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "plain.json"]
