@@ -42,13 +42,14 @@ def check_device(name: str | torch.device) -> torch.device:
 
 def free_bytes(device: torch.device | str) -> int | None:
     """Memory a new allocation on ``device`` can take now, where torch or the OS says it: free
-    device memory on CUDA, the recommended budget left on MPS, available RAM on the CPU (Linux);
-    None where it cannot be told."""
+    device memory on CUDA plus what torch's caching allocator holds unused (it hands that out first),
+    the recommended budget left on MPS, available RAM on the CPU (Linux); None where it cannot be told."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     if device.type == "mps":
-        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as meminfo:

@@ -80,6 +80,8 @@ QUEUE_CASES = [  # (node, inputs, text the node error must hold)
     ("1", {"model": "BadConfigNull/"}, "BadConfigNull/config.json holds null"),
     ("1", {"model": "BadConfigTorn/"}, "BadConfigTorn/config.json is not readable JSON"),
     ("1", {"model": "c2i_missing_384.pt"}, "Model 'c2i_missing_384.pt' is not in the linear_ar folder (models/linear_ar)"),
+    ("1", {"model": "../../../../etc/passwd"}, "Model '../../../../etc/passwd' is not in the linear_ar folder"),
+    ("1", {"vq_tokenizer": "../vq_ds16_c2i.pt"}, "VQ tokenizer '../vq_ds16_c2i.pt' is not in the linear_ar folder"),
 ]
 
 
