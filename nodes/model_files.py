@@ -161,6 +161,12 @@ class LoadedModel:
         """Put the weights on the compute device, making room for the run's cache first (``request``:
         the prompt of a text model, whose length sets the prefix)."""
         needed = self.pipeline.memory_required(batch, settings, cfg, **request)
+        device = self.patcher.load_device
+        total = mm.get_total_memory(device) - self.patcher.model_size()
+        if needed > total:  # refused before other models are unloaded to make room for it
+            gib = 2 ** 30
+            raise ValueError(f"This run needs {needed / gib:.2f} GiB for its cache but {device} has {total / gib:.2f} "
+                             "GiB in all besides the weights: lower batch_size, the budget or the resolution.")
         mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
 
 
