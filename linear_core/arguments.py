@@ -69,17 +69,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+def budget(text: str) -> str:
+    """One budget, read by `Budget.parse`; the text is kept as given."""
+    try:
+        Budget.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def budgets(text: str) -> str:
-    """One budget or several, comma-separated (``'1/4,1/6'``), each read by `Budget.parse`; the text
-    is kept as given."""
+    """One budget or several, comma-separated (``'1/4,1/6'``); the text is kept as given."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise argparse.ArgumentTypeError("is empty: give a ratio such as '1/6', '4 lines' or 'full'")
     for part in parts:
-        try:
-            Budget.parse(part)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+        budget(part)
     return text
 
 

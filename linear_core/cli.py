@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "'{\"model.language_model.layers.0\": 0, ...}' (Janus-Pro)")
     gen.add_argument("--offload-folder", default=None, help="where --device-map may put weights on disk")
     gen.add_argument("--policy", default="linear", choices=sorted(POLICIES))
-    gen.add_argument("--budget", type=arg.budgets, default=CacheSettings.budget,
+    gen.add_argument("--budget", type=arg.budget, default=CacheSettings.budget,
                      help="'1/6', '0.25', '4 lines' or 'full'")
     gen.add_argument("--cfg", type=arg.finite_float, default=None, help="guidance scale (default: the model's)")
     gen.add_argument("--temperature", type=arg.finite_float, default=None)
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fid = sub.add_parser("fidelity", help="teacher-forced KL and agreement of policies vs the full cache")
     _model_options(fid)
-    fid.add_argument("--budget", type=arg.budgets, default="1/4")
+    fid.add_argument("--budget", type=arg.budget, default="1/4")
     fid.add_argument("--policies", type=_policies, default=("linear", "streaming", "h2o", "rkv", "random"))
     fid.add_argument("--sequences", type=arg.positive_int, default=40, help="sequences, spread over all classes (or prompts)")
     fid.add_argument("--prompt", action="append", default=None,

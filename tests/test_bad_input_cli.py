@@ -66,6 +66,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present
     (["bench", "--layers", "0"], ["argument --layers: must be at least 1"]),
     (["bench", "--layers", "99", "--device", "cpu"], ["--layers 99 is outside 1..12, the depth of llamagen-b"]),
     (["bench", "--budget", "1/4,1e309"], ["argument --budget: Cannot read budget '1e309'"]),
+    (["generate", "--budget", "1/4,1/6"], ["argument --budget: Cannot read budget '1/4,1/6'"]),  # one budget here
     (["bench", "--peak-bandwidth", "0"], ["argument --peak-bandwidth: must be above 0"]),
     (["bench", "--policies", "lru"], ["argument --policies: unknown policy lru"]),
     (["fidelity", "--sequences", "0"], ["argument --sequences: must be at least 1, got 0"]),
