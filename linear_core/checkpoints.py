@@ -16,6 +16,9 @@ import torch
 #: wrappers upstream training scripts put around the state dict (DDP, DeepSpeed, Lightning)
 STATE_DICT_KEYS = ("model", "module", "state_dict")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: a Hugging Face folder's weights: an index of shards, or one file
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: any one of these in a model folder means a tokenizer ships with it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -107,7 +110,8 @@ def load_folder_tokenizer(folder: Path):
 def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     """A Hugging Face-style model folder's weights: ``model.safetensors`` / ``pytorch_model.bin`` or
     their shards listed in an index JSON (all memory-mapped)."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    check_folder_weights(folder)
+    for index_name in INDEX_FILES:
         index = folder / index_name
         if index.is_file():
             state: dict[str, torch.Tensor] = {}
@@ -117,10 +121,15 @@ def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
             for shard in sorted(set(weight_map.values())):
                 state.update(read_state_dict(folder / shard)[0])
             return state
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return read_state_dict(folder / name)[0]
-    raise ValueError(f"{folder.name} has no weights (model.safetensors, pytorch_model.bin or a sharded index JSON).")
+    name = next(name for name in WEIGHT_FILES if (folder / name).is_file())
+    return read_state_dict(folder / name)[0]
+
+
+def check_folder_weights(folder: Path) -> None:
+    """Refuse a model folder with none of the weight files a release ships, before loading starts."""
+    if not any((folder / name).is_file() for name in (*INDEX_FILES, *WEIGHT_FILES)):
+        raise ValueError(f"{folder.name} has no weights (model.safetensors, pytorch_model.bin or a sharded index "
+                         "JSON): copy them from the same release beside config.json.")
 
 
 class _Ignored:

@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
               "smaller --dtype.", file=sys.stderr)
         return 2
     except Exception as error:  # anything else is still one line, not a traceback
-        first = (str(error).strip().splitlines() or [""])[0]
-        print(f"error: {type(error).__name__}: {first}", file=sys.stderr)
+        text = " ".join(str(error).split())  # one line, however many the library wrote
+        print(f"error: {type(error).__name__}: {text[:400]}", file=sys.stderr)
         return 2
     for note in decode_notes(report):
         print(f"note: {note}", file=sys.stderr)

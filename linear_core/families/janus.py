@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..adapter import Conditioning, execution_device
-from ..checkpoints import load_folder_tokenizer, read_folder_config
+from ..checkpoints import check_folder_weights, load_folder_tokenizer, read_folder_config
 from ..devices import name_offload_devices
 from ..guidance import Guidance
 from ..images import grey_unfinished
@@ -146,6 +146,7 @@ def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: t
 
     folder = Path(folder)
     config = read_folder_config(folder, "Janus-Pro", ("janus", "multi_modality"))
+    check_folder_weights(folder)
     tokenizer = load_folder_tokenizer(folder)
     if config["model_type"] == "janus":
         placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {
