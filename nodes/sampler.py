@@ -107,8 +107,9 @@ def run_sampler(node: type[io.ComfyNode], model: LoadedModel, cache: CacheSettin
 
 def record_in_png(node: type[io.ComfyNode], node_id: str | None, batch: ImageBatch) -> None:
     """Add the run's summary to the prompt's ``extra_pnginfo``, the dict ComfyUI's SaveImage writes
-    as PNG text chunks next to ``prompt`` and ``workflow``: the saved images then say how they were
-    made. One ``linear_ar`` chunk maps each sampler's node id to its run."""
+    as PNG text chunks next to ``prompt`` and ``workflow`` (ComfyUI's docs name this use of the
+    hidden input): the saved images then say how they were made. One ``linear_ar`` chunk maps each
+    sampler's node id to its run."""
     extra = node.hidden.extra_pnginfo if node.hidden is not None else None
     if isinstance(extra, dict):
         runs = extra.setdefault(RUN_CHUNK, {})
