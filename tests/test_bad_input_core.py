@@ -264,3 +264,14 @@ def test_a_replaced_file_gets_the_permissions_of_any_new_file(tmp_path):
         temporary.write_text("{}")
     assert (tmp_path / "config.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "plain.json"]
+
+
+def test_a_truncated_vq_file_is_called_truncated_not_something_else(tmp_path):
+    from linear_core.decoders.vq16 import load_vq16
+    from llamagen_files import tiny_vq_state
+
+    state = {k: v for k, v in tiny_vq_state().items() if k != "decoder.conv_in.weight"}
+    torch.save({"model": state}, tmp_path / "vq_ds16_c2i.pt")
+    with pytest.raises(ValueError, match="vq_ds16_c2i.pt is a VQ tokenizer without decoder.conv_in.weight: "
+                                         "truncated or damaged"):
+        load_vq16(tmp_path / "vq_ds16_c2i.pt")
