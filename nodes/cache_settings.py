@@ -55,7 +55,7 @@ class LineARCacheSettings(io.ComfyNode):
         error = checks.first_error(checks.choice("policy", policy, list(POLICIES)),
                                    checks.choice("cfg_mode", cfg_mode, CFG_MODES),
                                    checks.choice("head_sharing", head_sharing, HEAD_SHARING))
-        if error is not True:
+        if error is not True or budget is None:  # None: the budget comes over a link, read at run time
             return error
         try:
             Budget.parse(budget)

@@ -45,12 +45,12 @@ class LineARModelLoader(io.ComfyNode):
         error = checks.first_error(checks.choice("resolution", resolution, RESOLUTION_CHOICES),
                                    checks.choice("dtype", dtype, DTYPE_CHOICES),
                                    checks.choice("device", device, DEVICE_CHOICES))
-        if error is not True:
+        if error is not True or model is None:  # None: the model name comes over a link, checked at load
             return error
         try:
             found = resolve_model(model)
             check_model_folder(found)
-            if vq_tokenizer != AUTO:  # 'auto' is resolved at load time, beside the chosen GPT file
+            if vq_tokenizer not in (AUTO, None):  # 'auto' is resolved at load time, beside the chosen GPT file
                 resolve_tokenizer(vq_tokenizer, found)
         except ValueError as error:
             return relative_to_models(str(error))

@@ -104,6 +104,39 @@ def test_a_nan_cache_map_opacity_is_refused_when_queued(server):
     still_serving(server)
 
 
+def linked(cfg: float, budget: str) -> dict:
+    """The demo graph with cfg and budget fed over links (values a validator sees only as None)."""
+    graph = sampler_prompt()
+    graph["10"] = {"class_type": "PrimitiveFloat", "inputs": {"value": cfg}}
+    graph["11"] = {"class_type": "PrimitiveString", "inputs": {"value": budget}}
+    graph["3"]["inputs"]["cfg"] = ["10", 0]
+    graph["2"]["inputs"]["budget"] = ["11", 0]
+    return graph
+
+
+def run_raw(server, prompt: dict) -> dict:
+    body = json.dumps({"prompt": prompt, "client_id": server.client_id})
+    response = requests.post(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"},
+                             timeout=30)
+    assert response.status_code == 200, response.text
+    return server.wait(response.json()["prompt_id"], timeout=300)
+
+
+@pytest.mark.parametrize("cfg, budget, node, message", [
+    (math.nan, "1/4", "3", "cfg must be a finite number, got nan"),
+    (2.0, "1e10000000", "2", "Cannot read budget '1e10000000'"),
+])
+def test_linked_values_pass_the_queue_and_are_checked_when_run(server, cfg, budget, node, message):
+    error = node_error(run_raw(server, linked(cfg, budget)))
+    assert error["node_id"] == node and message in error["exception_message"]
+    still_serving(server)
+
+
+def test_linked_values_that_are_fine_run(server):
+    entry = run_raw(server, linked(2.0, "1/4"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
 def text_prompt(prompt: str, model: str = "Janus-Pro-1B/") -> dict:
     graph = sampler_prompt(model=model)
     graph["3"] = {"class_type": "LineAR_TextSampler", "inputs": {
