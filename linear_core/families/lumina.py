@@ -82,7 +82,8 @@ class LuminaImageModel(nn.Module):
 
     @property
     def max_positions(self) -> int:
-        """The longest sequence (prompt + image) the language model was configured for."""
+        """The longest sequence (prompt + image) the language model was configured for; the reference
+        inference caps its generation at the same value (``max_length`` of its generation config)."""
         return self.config.max_position_embeddings
 
     @property
