@@ -37,6 +37,8 @@ def _model(arch: str, layers: int | None, grid: int | None, dtype: str, device: 
         scale = pipeline.defaults.cfg if cfg is None else cfg
         return model, pipeline.layout, model.guidance(scale), pipeline.defaults.sampling()
     shape = get_arch(arch)
+    if layers is not None and not 1 <= layers <= shape.layers:
+        raise ValueError(f"--layers {layers} is outside 1..{shape.layers}, the depth of {arch}.")
     if grid is not None:
         shape = replace(shape, grid=grid)
     model = shape.build(layers=layers, dtype=DTYPES[dtype], device=device, seed=seed)

@@ -16,6 +16,11 @@ import torch
 #: wrappers upstream training scripts put around the state dict (DDP, DeepSpeed, Lightning)
 STATE_DICT_KEYS = ("model", "module", "state_dict")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: a Hugging Face folder's weights: an index of shards, or one file
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: any one of these in a model folder means a tokenizer ships with it
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -38,10 +43,41 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                          f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}.")
     try:
         data = _load_weights_only(path)
-    except Exception as error:
-        raise ValueError(f"{path.name} could not be read as a weights-only checkpoint ({error}). "
-                         "Files that need arbitrary pickled code are refused; re-save it as .safetensors.") from error
+    except pickle.UnpicklingError as error:
+        raise ValueError(refused_pickle(path.name, str(error))) from None
+    except ValueError:
+        raise
+    except Exception as error:  # torch raises RuntimeError and others for a damaged archive
+        raise ValueError(f"{path.name} is not a readable PyTorch checkpoint (damaged or incomplete: "
+                         f"{type(error).__name__}); download it again from its source.") from None
     return unwrap_state_dict(data, path.name), {}
+
+
+#: what torch's weights-only unpickler names when it refuses a pickled global
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refused_pickle(name: str, error: str) -> str:
+    """Why a pickle was refused and what to do, without torch's advice to load it unsafely."""
+    found = _REFUSED_GLOBAL.search(error)
+    what = (f"pickles {found.group(1)}, code that would run on loading" if found else
+            "is damaged or pickles objects other than tensors")
+    return (f"{name} {what}: refused, nothing in it ran. Convert the checkpoint to .safetensors (on a machine "
+            "you trust it on), or get the file again from its original source.")
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file of settings (``config.json``, a shard index) as a dict; a damaged file or one that
+    is not a JSON object is refused with its folder and file named (never a raw JSON or attribute error)."""
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where} is not readable JSON ({error}): restore it from the model's release.") from None
+    if not isinstance(config, dict):
+        kind = {list: "an array", type(None): "null", str: "a string", bool: "a boolean"}.get(type(config), "a number")
+        raise ValueError(f"{where} holds {kind}, not a JSON object of settings: restore it from the model's release.")
+    return config
 
 
 def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) -> dict:
@@ -49,7 +85,7 @@ def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) 
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder.name} has no config.json: give a {family} model folder.")
-    config = json.loads(path.read_text())
+    config = read_json_object(path)
     if config.get("model_type") not in model_types:
         expected = " or ".join(repr(t) for t in model_types)
         raise ValueError(f"{folder.name} is not a {family} folder (config.json model_type "
@@ -57,17 +93,13 @@ def read_folder_config(folder: Path, family: str, model_types: tuple[str, ...]) 
     return config
 
 
-#: files a saved tokenizer consists of (transformers builds an empty tokenizer from a folder with none)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def load_folder_tokenizer(folder: Path):
     """The tokenizer shipped in a model folder (never downloaded)."""
     from transformers import AutoTokenizer
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{folder.name} has no usable tokenizer: tokenizer.json / tokenizer_config.json from the same "
-                         "release must sit beside the weights.")
+        raise ValueError(f"{folder.name} has no usable tokenizer: none of {', '.join(TOKENIZER_FILES)} is in the "
+                         "folder; copy the tokenizer files of the same release beside config.json.")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
@@ -78,17 +110,26 @@ def load_folder_tokenizer(folder: Path):
 def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     """A Hugging Face-style model folder's weights: ``model.safetensors`` / ``pytorch_model.bin`` or
     their shards listed in an index JSON (all memory-mapped)."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    check_folder_weights(folder)
+    for index_name in INDEX_FILES:
         index = folder / index_name
         if index.is_file():
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            weight_map = read_json_object(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{folder.name}/{index_name} has no weight_map: restore it from the model's release.")
+            for shard in sorted(set(weight_map.values())):
                 state.update(read_state_dict(folder / shard)[0])
             return state
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return read_state_dict(folder / name)[0]
-    raise ValueError(f"{folder.name} has no weights (model.safetensors, pytorch_model.bin or a sharded index JSON).")
+    name = next(name for name in WEIGHT_FILES if (folder / name).is_file())
+    return read_state_dict(folder / name)[0]
+
+
+def check_folder_weights(folder: Path) -> None:
+    """Refuse a model folder with none of the weight files a release ships, before loading starts."""
+    if not any((folder / name).is_file() for name in (*INDEX_FILES, *WEIGHT_FILES)):
+        raise ValueError(f"{folder.name} has no weights (model.safetensors, pytorch_model.bin or a sharded index "
+                         "JSON): copy them from the same release beside config.json.")
 
 
 class _Ignored:

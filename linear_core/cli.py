@@ -7,12 +7,14 @@ import sys
 
 import torch
 
+from . import arguments as arg
 from .archs import ARCHS
 from .bench import DECODES, format_table, run_bench
 from .demo import DEMO_NAME
-from .devices import DTYPES
+from .compressor import CFG_MODES, HEAD_SHARING
+from .devices import DTYPES, check_device
 from .fidelity import fidelity_report, format_fidelity
-from .images import save_png
+from .images import check_output_file, save_png
 from .janus_bench import bench_vs_transformers, format_vs_transformers
 from .pipeline import describe_summary, load_pipeline
 from .policies import POLICIES
@@ -29,13 +31,16 @@ def _policies(text: str) -> tuple[str, ...]:
 
 
 def _cache_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--anchors", type=int, default=CacheSettings.anchors, help="first image tokens always kept")
-    parser.add_argument("--recent-lines", type=int, default=CacheSettings.recent_lines, help="latest lines always kept")
-    parser.add_argument("--sinks", type=int, default=CacheSettings.sinks, help="sink tokens of 'streaming'")
+    parser.add_argument("--anchors", type=arg.non_negative_int, default=CacheSettings.anchors,
+                        help="first image tokens always kept")
+    parser.add_argument("--recent-lines", type=arg.non_negative_int, default=CacheSettings.recent_lines,
+                        help="latest lines always kept")
+    parser.add_argument("--sinks", type=arg.non_negative_int, default=CacheSettings.sinks,
+                        help="sink tokens of 'streaming'")
     parser.add_argument("--keep-line-ends", action="store_true",
                         help="never evict end-of-line tokens (Lumina-mGPT); default: they are scored like the rest")
-    parser.add_argument("--head-sharing", default=CacheSettings.head_sharing, choices=("per_head", "shared"))
-    parser.add_argument("--cfg-mode", default=CacheSettings.cfg_mode, choices=("independent", "shared_cond", "shared_sum"))
+    parser.add_argument("--head-sharing", default=CacheSettings.head_sharing, choices=HEAD_SHARING)
+    parser.add_argument("--cfg-mode", default=CacheSettings.cfg_mode, choices=CFG_MODES)
 
 
 def _device_map(text: str) -> str | dict:
@@ -60,14 +65,16 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vq", "--vqgan", dest="vq", default=None,
                         help="image decoder: LlamaGen's vq_ds16_c2i.pt, or the folder with Chameleon's vqgan.ckpt "
                              "+ vqgan.yaml for Lumina-mGPT (default: a 'vqgan' folder inside the model folder)")
-    parser.add_argument("--grid", type=int, default=None, help="token grid when the file name has no _256/_384/_512")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--grid", type=arg.grid_side, default=None,
+                        help="token grid when the file name has no _256/_384/_512")
+    parser.add_argument("--resolution", type=arg.resolution, default=None,
                         help="image size in pixels: Lumina-mGPT 512/768/1024 and LlamaGen 256/384/512 (16 per "
                              "token), Emu3-Gen 720 (8 per token)")
-    parser.add_argument("--heads", type=int, default=None, help="attention heads, for non-standard LlamaGen widths")
+    parser.add_argument("--heads", type=arg.positive_int, default=None,
+                        help="attention heads, for non-standard LlamaGen widths")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=arg.positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     _decode_options(parser)
 
@@ -92,7 +99,7 @@ def _decodes(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m linear_core", description=__doc__)
+    parser = arg.Parser(prog="python -m linear_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate images with a cache policy; writes a PNG and prints stats")
@@ -106,46 +113,47 @@ def build_parser() -> argparse.ArgumentParser:
                           "'{\"model.language_model.layers.0\": 0, ...}' (Janus-Pro)")
     gen.add_argument("--offload-folder", default=None, help="where --device-map may put weights on disk")
     gen.add_argument("--policy", default="linear", choices=sorted(POLICIES))
-    gen.add_argument("--budget", default=CacheSettings.budget, help="'1/6', '0.25', '4 lines' or 'full'")
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    gen.add_argument("--temperature", type=float, default=None)
-    gen.add_argument("--top-k", type=int, default=None, help="0 = off (default: the model's)")
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch", type=int, default=1, help="images (CFG doubles the rows)")
+    gen.add_argument("--budget", type=arg.budget, default=CacheSettings.budget,
+                     help="'1/6', '0.25', '4 lines' or 'full'")
+    gen.add_argument("--cfg", type=arg.finite_float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--temperature", type=arg.finite_float, default=None)
+    gen.add_argument("--top-k", type=arg.non_negative_int, default=None, help="0 = off (default: the model's)")
+    gen.add_argument("--top-p", type=arg.finite_float, default=None)
+    gen.add_argument("--seed", type=arg.seed, default=0)
+    gen.add_argument("--batch", type=arg.positive_int, default=1, help="images (CFG doubles the rows)")
     gen.add_argument("--out", default="linear_ar.png", help="PNG to write (a grid when --batch > 1)")
     _cache_options(gen)
 
     fid = sub.add_parser("fidelity", help="teacher-forced KL and agreement of policies vs the full cache")
     _model_options(fid)
-    fid.add_argument("--budget", default="1/4")
+    fid.add_argument("--budget", type=arg.budget, default="1/4")
     fid.add_argument("--policies", type=_policies, default=("linear", "streaming", "h2o", "rkv", "random"))
-    fid.add_argument("--sequences", type=int, default=40, help="sequences, spread over all classes (or prompts)")
+    fid.add_argument("--sequences", type=arg.positive_int, default=40, help="sequences, spread over all classes (or prompts)")
     fid.add_argument("--prompt", action="append", default=None,
                      help="text-to-image models: a prompt to sample; repeat for several, one per --chunk")
-    fid.add_argument("--chunk", type=int, default=20, help="sequences per forward batch")
-    fid.add_argument("--cfg", type=float, default=None)
-    fid.add_argument("--seed", type=int, default=0)
+    fid.add_argument("--chunk", type=arg.positive_int, default=20, help="sequences per forward batch")
+    fid.add_argument("--cfg", type=arg.finite_float, default=None)
+    fid.add_argument("--seed", type=arg.seed, default=0)
     _cache_options(fid)
 
     bench = sub.add_parser("bench", help="throughput and KV memory of policies side by side (random weights)")
     bench.add_argument("--arch", default="llamagen-b", choices=sorted(ARCHS) + [DEMO_NAME],
                        help=f"a real shape with random weights, or the trained {DEMO_NAME}")
     bench.add_argument("--policies", type=_policies, default=("full", "linear"), help="comma-separated, first = baseline")
-    bench.add_argument("--budget", default="1/6", help="ratio of image tokens ('1/6', '0.25') or lines ('4 lines'); several: '1/4,1/6'")
-    bench.add_argument("--batch", type=int, default=1, help="images (CFG doubles the rows)")
-    bench.add_argument("--layers", type=int, default=None, help="cut the depth (CPU runs)")
-    bench.add_argument("--grid", type=int, default=None, help="override the square token grid")
+    bench.add_argument("--budget", type=arg.budgets, default="1/6", help="ratio of image tokens ('1/6', '0.25') or lines ('4 lines'); several: '1/4,1/6'")
+    bench.add_argument("--batch", type=arg.positive_int, default=1, help="images (CFG doubles the rows)")
+    bench.add_argument("--layers", type=arg.positive_int, default=None, help="cut the depth (CPU runs)")
+    bench.add_argument("--grid", type=arg.grid_side, default=None, help="override the square token grid")
     bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     bench.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    bench.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    bench.add_argument("--repeats", type=arg.positive_int, default=1, help="interleaved repeats; medians are reported")
+    bench.add_argument("--threads", type=arg.positive_int, default=None, help="torch CPU threads")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--vs-transformers", action="store_true",
                        help="janus-pro-*: time transformers' own generate(generation_mode='image') against the engine")
-    bench.add_argument("--peak-bandwidth", type=float, default=None,
+    bench.add_argument("--peak-bandwidth", type=arg.positive_float, default=None,
                        help="memory bandwidth in GB/s for the roofline (default: the GPU table, or measured)")
-    bench.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for the roofline")
+    bench.add_argument("--peak-tflops", type=arg.positive_float, default=None, help="peak TFLOP/s for the roofline")
     _decode_options(bench, several=True)
     _cache_options(bench)
     return parser
@@ -156,8 +164,6 @@ def _grid(args: argparse.Namespace) -> int | None:
 
 
 def _generate(args: argparse.Namespace) -> dict:
-    if args.batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {args.batch}.")
     settings = _settings(args, args.policy, args.budget)
     pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads, args.device_map,
                              args.offload_folder, args.resolution)
@@ -174,15 +180,24 @@ def _generate(args: argparse.Namespace) -> dict:
         labels = [labels[i % len(labels)] for i in range(args.batch)]
         batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed, decode=args.decode,
                                   compile=args.compile)
-    path = save_png(batch.images, args.out)
+    path = save_png(batch.images, args.out, batch.png_text())
     return {"image": str(path), **batch.summary()}
+
+
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """What can be refused before a model loads: the device, the output file."""
+    if args.device is not None:
+        check_device(args.device)
+    if args.command == "generate":
+        check_output_file(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
+        _check_before_loading(args)
         if args.command == "generate":
             report = _generate(args)
             text = _format_generate(report)
@@ -208,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
             text = format_table(report)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        print("error: the device ran out of memory: lower --batch, the budget or the resolution, or use a "
+              "smaller --dtype.", file=sys.stderr)
+        return 2
+    except Exception as error:  # anything else is still one line, not a traceback
+        text = " ".join(str(error).split())  # one line, however many the library wrote
+        print(f"error: {type(error).__name__}: {text[:400]}", file=sys.stderr)
         return 2
     for note in decode_notes(report):
         print(f"note: {note}", file=sys.stderr)

@@ -17,6 +17,16 @@ from .scoring import LineQueryBuffer, line_attention
 
 HeadSharing = Literal["per_head", "shared"]
 CfgMode = Literal["independent", "shared_cond", "shared_sum"]
+HEAD_SHARING: tuple[HeadSharing, ...] = ("per_head", "shared")
+CFG_MODES: tuple[CfgMode, ...] = ("independent", "shared_cond", "shared_sum")
+
+
+def check_choices(head_sharing: str, cfg_mode: str) -> None:
+    """Refuse a head sharing or CFG mode this module does not implement, naming the choices."""
+    if head_sharing not in HEAD_SHARING:
+        raise ValueError(f"head_sharing must be one of {', '.join(HEAD_SHARING)}, not {head_sharing!r}.")
+    if cfg_mode not in CFG_MODES:
+        raise ValueError(f"cfg_mode must be one of {', '.join(CFG_MODES)}, not {cfg_mode!r}.")
 
 
 @dataclass
@@ -39,12 +49,7 @@ class Compressor:
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
-        if self.head_sharing not in ("per_head", "shared"):
-            raise ValueError(f"head_sharing must be 'per_head' or 'shared', not {self.head_sharing!r}.")
-        if self.cfg_mode not in ("independent", "shared_cond", "shared_sum"):
-            raise ValueError(
-                f"cfg_mode must be 'independent', 'shared_cond' or 'shared_sum', not {self.cfg_mode!r}."
-            )
+        check_choices(self.head_sharing, self.cfg_mode)
 
     def boundary(self, stream: Stream) -> int:
         """Observe and, past the budget, evict on every layer. Returns the slots evicted per row and head."""

@@ -16,6 +16,60 @@ def default_device() -> str:
     return "cpu"
 
 
+def check_device(name: str | torch.device) -> torch.device:
+    """The device ``name`` names, refused unless torch can compute on it here (``cuda`` without CUDA,
+    ``cuda:7`` on a one-GPU machine, a typo)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {str(name)!r}: use cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cpu" or device.type == "meta":
+        return device
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        available, count = bool(torch.backends.mps.is_available()), 1
+    else:
+        available = backend is not None and hasattr(backend, "is_available") and bool(backend.is_available())
+        count = backend.device_count() if available and hasattr(backend, "device_count") else 1
+    if not available:
+        raise ValueError(f"Device {str(name)!r} is not available on this machine (torch sees no {device.type}); "
+                         f"use {default_device()}.")
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"Device {str(name)!r} does not exist: this machine has {count} {device.type} device"
+                         f"{'s' if count != 1 else ''} (0..{count - 1}).")
+    return device
+
+
+def free_bytes(device: torch.device | str) -> int | None:
+    """Memory a new allocation on ``device`` can take now, where torch or the OS says it: free
+    device memory on CUDA plus what torch's caching allocator holds unused (it hands that out first),
+    the recommended budget left on MPS, available RAM on the CPU (Linux); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check_fits(needed: int, device: torch.device | str, what: str, fix: str) -> None:
+    """Refuse to allocate ``needed`` bytes for ``what`` on a device with less free memory, before
+    anything is allocated; ``fix`` says what to lower."""
+    free = free_bytes(device)
+    if free is not None and needed > free:
+        gib = 2 ** 30
+        raise ValueError(f"{what} needs {needed / gib:.2f} GiB but {device} has {free / gib:.2f} GiB free: {fix}.")
+
+
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name

@@ -16,8 +16,8 @@ from .adapter import Conditioning, ImageModelAdapter
 from .guidance import Guidance
 from .layout import LineLayout
 from .rules import TokenRules
-from .sampling import SamplingConfig, SeededNoise, make_generator, sample
-from .session import DecodeSession, first_seed, synchronize
+from .sampling import MAX_SEED, SamplingConfig, SeededNoise, check_seed, make_generator, sample
+from .session import DecodeSession, synchronize
 from .settings import CacheSettings
 from .speculative import Speculation, jacobi_decode
 
@@ -160,7 +160,7 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
         if speculative is not None:
             started(0)
             finished(0)
-            generator = make_generator(first_seed(seed) + 2, logits.device)
+            generator = make_generator((check_seed(seed) + 2) % (MAX_SEED + 1), logits.device)
             forwards = jacobi_decode(session, tokens, logits.shape[-1], sampling, rules, speculative, generator,
                                      lambda i: (started(i), finished(i)))
         for i in range(lay.image_tokens if speculative is None else 0):

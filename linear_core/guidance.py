@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,8 @@ class Guidance:
     layout: CfgLayout = "halves"
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"cfg must be a finite number, got {self.scale} (1 = no guidance).")
         if self.layout not in ("none", "halves", "interleaved", "separate"):
             raise ValueError(
                 f"CFG layout {self.layout!r} is unknown: use 'none', 'halves', 'interleaved' or 'separate'."

@@ -1,11 +1,15 @@
-"""Image tensors to files: a grid of a batch, written as PNG."""
+"""Image tensors to files: a grid of a batch, written as PNG (atomically, with text chunks)."""
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import replacing
 
 
 def grey_unfinished(image: torch.Tensor, lines: int, grid_h: int) -> torch.Tensor:
@@ -36,9 +40,40 @@ def to_pil(image: torch.Tensor):
     return Image.fromarray(array)
 
 
-def save_png(images: torch.Tensor, path: str | Path) -> Path:
-    """Write a batch (as a grid when more than one) to ``path``; returns the path."""
+def save_png(images: torch.Tensor, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write a batch (as a grid when more than one) to ``path``, with ``text`` as PNG text chunks
+    (e.g. the run's stats); returns the path. See `write_png` for why no half file is ever left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(images[0] if images.shape[0] == 1 else make_grid(images)).save(path)
+    write_png(to_pil(images[0] if images.shape[0] == 1 else make_grid(images)), path, text)
+    return path
+
+
+def write_png(image, path: str | Path, text: dict[str, str] | None = None, compress_level: int = 6) -> None:
+    """Save a PIL image as PNG atomically: into a temporary file in the same folder, renamed over
+    ``path`` once complete, so a crash or a full disk never leaves a half-written image there."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    with replacing(path) as temporary, open(temporary, "wb") as out:
+        image.save(out, format="PNG", pnginfo=info, compress_level=compress_level)
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output path that cannot be written, before any work: a folder, a read-only file,
+    or a folder where no file can be created (probed with a temporary file, then removed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder: give a file name such as {str(path / 'out.png')!r}.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {str(path)!r} is not writable: choose another file or change its permissions.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {str(path)!r} cannot be written ({error.strerror or error}): "
+                         "choose a file in a folder you can write to.") from None
     return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,7 @@ def resolve_label(value: str | int, names: Sequence[str]) -> int:
     (the dropdown form); names match case-insensitively, then as a unique substring."""
     text = str(value).strip()
     head = text.split(":", 1)[0].strip()
-    if head.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", head):  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
         index = int(head)
         if not 0 <= index < len(names):
             raise ValueError(f"Class id {index} is out of range: this model has classes 0..{len(names) - 1}.")

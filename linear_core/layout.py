@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 
+#: the largest grid side accepted (2048 px at 16 px a token): beyond it the position tables and the
+#: cache of even one image outgrow any device, and no model of these families is trained so large
+MAX_GRID = 128
+#: the longest budget text read; longer ones are refused before they are parsed
+MAX_BUDGET_CHARS = 32
+#: ``0.25``, ``.25``, ``1/6``, ``4 lines`` (``l``, ``line``): plain ASCII digits, no exponent (a sign
+#: is read, so that a negative budget is told it is outside (0, 1])
+BUDGET_GRAMMAR = re.compile(r"(?P<ratio>[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+|[0-9]+/(?P<denominator>[0-9]+)))"
+                            r"|(?P<lines>[0-9]+)\s*(?:l|line|lines)")
+
+
 @dataclass(frozen=True)
 class Budget:
     """How many image tokens the cache may keep: a ratio of the image tokens, or whole lines.
@@ -35,24 +46,32 @@ class Budget:
 
     @classmethod
     def parse(cls, value: "str | float | int | Budget") -> "Budget":
+        """Read a budget by a strict grammar (a decimal, a fraction of two integers, ``N lines`` or
+        ``full``) of at most `MAX_BUDGET_CHARS` characters, before any arithmetic: an exponent such as
+        ``1e10000000`` would make `Fraction` build a ten-million-digit integer."""
         if isinstance(value, Budget):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"Budget {value!r} is not a finite number: give a share such as 0.25.")
             return cls(ratio=float(value))
         text = str(value).strip().lower()
-        if text in {"full", "1", "1.0", "1/1"}:
+        if len(text) > MAX_BUDGET_CHARS:
+            raise ValueError(f"Budget {text[:MAX_BUDGET_CHARS]!r}... is longer than {MAX_BUDGET_CHARS} characters: "
+                             "write a ratio such as '1/6' or '0.25', a number of lines such as '4 lines', or 'full'.")
+        if text == "full":
             return cls(ratio=1.0)
-        match = re.fullmatch(r"(\d+)\s*(l|line|lines)", text)
-        if match:
-            return cls(lines=int(match.group(1)))
-        try:
-            ratio = float(Fraction(text))
-        except (ValueError, ZeroDivisionError):
+        match = BUDGET_GRAMMAR.fullmatch(text)
+        if match is None:
             raise ValueError(
                 f"Cannot read budget {value!r}: write a ratio such as '1/6' or '0.25', "
                 "a number of lines such as '4 lines', or 'full'."
-            ) from None
-        return cls(ratio=ratio)
+            )
+        if match.group("lines"):
+            return cls(lines=int(match.group("lines")))
+        if match.group("denominator") and int(match.group("denominator")) == 0:
+            raise ValueError(f"Budget {value!r} divides by zero: write a ratio such as '1/6'.")
+        return cls(ratio=float(Fraction(match.group("ratio"))))
 
     def tokens(self, image_tokens: int, line_tokens: int) -> int:
         """Budget B in cached image tokens (end-of-line tokens included), capped at the image size."""
@@ -65,6 +84,15 @@ class Budget:
             return f"{self.lines} lines"
         frac = Fraction(self.ratio).limit_denominator(64)
         return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - self.ratio) < 1e-9 else f"{self.ratio:g}"
+
+
+def check_grid(*sides: int) -> None:
+    """Refuse a token grid with a side outside 1..`MAX_GRID`."""
+    if any(side < 1 for side in sides):
+        raise ValueError(f"Grid {'x'.join(map(str, sides))} is empty: both sides must be >= 1 token.")
+    if any(side > MAX_GRID for side in sides):
+        raise ValueError(f"Grid {'x'.join(map(str, sides))} is too large: a side may have at most {MAX_GRID} tokens "
+                         f"({MAX_GRID * 16} px at 16 px a token).")
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,7 @@ class LineLayout:
     def __post_init__(self) -> None:
         if self.prefix_len < 0:
             raise ValueError(f"prefix_len must be >= 0, got {self.prefix_len}.")
-        if self.grid_h < 1 or self.grid_w < 1:
-            raise ValueError(f"Grid {self.grid_h}x{self.grid_w} is empty: both sides must be >= 1 token.")
+        check_grid(self.grid_h, self.grid_w)
         object.__setattr__(self, "budget", Budget.parse(self.budget))
 
     @property
@@ -132,6 +159,17 @@ class LineLayout:
 
     def with_prefix(self, prefix_len: int) -> "LineLayout":
         return LineLayout(prefix_len, self.grid_h, self.grid_w, self.eol, self.budget)
+
+    def check_positions(self, limit: int | None) -> None:
+        """Refuse a request longer than the ``limit`` positions a model covers (None: no limit),
+        naming the limit and what to shorten: the prompt, or the grid."""
+        if limit is None or self.full_length <= limit:
+            return
+        needs = (f"This request needs {self.full_length} positions ({self.prefix_len} prefix tokens + "
+                 f"{self.image_tokens} image tokens) but the model covers {limit}")
+        if self.image_tokens < limit:
+            raise ValueError(f"{needs}: shorten the prompt to at most {limit - self.image_tokens} tokens.")
+        raise ValueError(f"{needs}: a {self.grid_h}x{self.grid_w} grid does not fit it; use the model's own grid.")
 
     def check_sequence(self, prefix_len: int, image_tokens: int | None = None) -> None:
         """Raise a ValueError that names the mismatch when a sequence does not fit this layout."""

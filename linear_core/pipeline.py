@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .checkpoints import describe_folder_config
+from .checkpoints import describe_folder_config, read_json_object
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
 from .decoders.vq16 import load_vq16
@@ -30,6 +30,8 @@ from .settings import CacheSettings
 from .speculative import Speculation
 
 BUILTIN_MODELS = {DEMO_NAME: DEMO_DIR}
+#: the PNG text chunk that carries a run's stats (policy, budget, KV bytes, saving, speed, seed)
+RUN_CHUNK = "linear_ar"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class ImageBatch:
     def describe(self) -> str:
         """The run in three lines, for a terminal or a ComfyUI text display."""
         return describe_summary(self.summary())
+
+    def png_text(self) -> dict[str, str]:
+        """The run's summary as a PNG text chunk, so a shared image says how it was made."""
+        return {RUN_CHUNK: json.dumps(self.summary())}
 
     def summary(self) -> dict:
         stats = self.stats
@@ -214,7 +220,7 @@ def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, g
     dtype, device = parse_dtype(dtype), str(device or default_device())
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
         if config.get("family") == DEMO_NAME and (path / "model.safetensors").is_file():
             return _load_demo(path, config, dtype, device)
         if config.get("model_type") in ("janus", "multi_modality"):

@@ -8,12 +8,16 @@ gets its noise drawn just before each replay and picks exactly the same token.
 """
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 
 Draw = Literal["multinomial", "gumbel"]
+#: torch generators take 64-bit seeds (ComfyUI's seed widget goes up to the same bound)
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class SamplingConfig:
     draw: Draw = "multinomial"
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
         if not (0.0 < self.top_p <= 1.0):
@@ -105,4 +112,18 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
         generator = torch.Generator(device=device)
     except RuntimeError:
         generator = torch.Generator()
-    return generator.manual_seed(int(seed))
+    return generator.manual_seed(check_seed(seed))
+
+
+def check_seed(seed: int | Sequence[int]) -> int:
+    """A seed (or each of several) as an int in torch's 64-bit range; returns the first."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    checked = []
+    for value in seeds:
+        try:
+            checked.append(operator.index(value))  # ints, numpy and 0-d integer tensors; no floats
+        except TypeError:
+            raise ValueError(f"seed {value!r} is not a whole number.") from None
+        if not 0 <= checked[-1] <= MAX_SEED:
+            raise ValueError(f"seed {value} is out of range: give a whole number from 0 to 2^64 - 1 ({MAX_SEED}).")
+    return checked[0] if checked else 0

@@ -17,9 +17,11 @@ from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
 from .cache import LineARCache
 from . import padding
 from .compressor import Compressor, Stream
+from .devices import check_fits
 from .guidance import Guidance
 from .layout import LineLayout
 from .policies import EvictionPolicy
+from .sampling import MAX_SEED, check_seed
 from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
 from .settings import CacheSettings
 from .static_step import StaticDecoder, resolve_decode
@@ -63,11 +65,23 @@ def planned_cache_bytes(adapter: ImageModelAdapter, layout: LineLayout, settings
     policy = settings.make_policy()
     stream = build_stream(CacheGeometry.of(adapter.backbone, planning=True), policy, layout, rows,
                           policy.evicts and layout.compresses, device="meta")
-    layers = stream.cache.layers
-    bookkeeping = sum(t.numel() * t.element_size() for layer in layers
-                      for t in (layer.image_index, layer.slot_scores) if t is not None)
-    queries = stream.queries.allocated_bytes if stream.queries is not None else 0
-    return stream.cache.allocated_bytes + bookkeeping + queries
+    return sum(layer_bytes(stream))
+
+
+def layer_bytes(stream: Stream) -> list[int]:
+    """Bytes each layer's share of a stream holds: keys, values, slot bookkeeping and query buffer."""
+    queries = stream.queries.slots if stream.queries is not None else [None] * len(stream.cache.layers)
+    return [sum(t.numel() * t.element_size() for t in (layer.keys, layer.values, layer.image_index,
+                                                         layer.slot_scores, query) if t is not None)
+            for layer, query in zip(stream.cache.layers, queries)]
+
+
+def bytes_by_device(stream: Stream, devices: Sequence[torch.device]) -> dict[torch.device, int]:
+    """A (planned) stream's bytes summed over the devices its layers will sit on."""
+    total: dict[torch.device, int] = {}
+    for device, size in zip(devices, layer_bytes(stream)):
+        total[device] = total.get(device, 0) + size
+    return total
 
 
 class DecodeSession:
@@ -84,11 +98,7 @@ class DecodeSession:
         self.geometry = CacheGeometry.of(adapter.backbone)
         rows, prefix_len = conditioning.prefix.shape[:2]
         self.layout.check_sequence(prefix_len)
-        limit = getattr(adapter, "max_positions", None)  # families with fixed position tables say so
-        if limit is not None and self.layout.full_length > limit:
-            raise ValueError(f"The layout needs {self.layout.full_length} positions but the model covers {limit} "
-                             f"(a {self.layout.grid_h}x{self.layout.grid_w} grid does not fit it); use the model's "
-                             "own grid.")
+        self.layout.check_positions(getattr(adapter, "max_positions", None))  # families with a position limit say so
         self.batch = rows // guidance.batched_rows
         if self.batch * guidance.batched_rows != rows:
             raise ValueError(f"{rows} prefix rows do not split into CFG pairs for layout '{guidance.layout}'.")
@@ -104,10 +114,15 @@ class DecodeSession:
         self.prefix, pads = conditioning.batched()
         self.layout = self.layout.with_prefix(self.prefix.shape[1])
         compresses = self.policy.evicts and self.layout.compresses
+        planned = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, device="meta")
+        for device, needed in bytes_by_device(planned, self.geometry.layer_devices).items():
+            check_fits(needed, device, f"The KV cache of {self.batch} image{'s' if self.batch > 1 else ''} "
+                       f"({self.prefix.shape[0]} rows, {self.layout.capacity} slots)",
+                       "lower the batch size, the budget or the image size")
         self.stream = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, pads=pads)
         self.compressor = Compressor(
             self.policy, settings.head_sharing, settings.cfg_mode, self.guidance.row_pairs(self.batch),
-            generator=torch.Generator().manual_seed(first_seed(seed) + 1),
+            generator=torch.Generator().manual_seed((check_seed(seed) + 1) % (MAX_SEED + 1)),
         )
         self.compression_s = 0.0
         self.compressions = 0
@@ -250,6 +265,3 @@ class DecodeSession:
         self.stream.cache.release()
         self.stream.queries = None
 
-
-def first_seed(seed: int | Sequence[int]) -> int:
-    return seed if isinstance(seed, int) else int(seed[0])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .compressor import CfgMode, HeadSharing
+from .compressor import CfgMode, HeadSharing, check_choices
 from .layout import Budget
-from .policies import EvictionPolicy, make_policy
+from .policies import EvictionPolicy, make_policy, policy_class
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class CacheSettings:
     keep_line_ends: bool = False
 
     def __post_init__(self) -> None:
+        policy_class(self.policy)  # refuses an unknown name now, not when the run starts
+        check_choices(self.head_sharing, self.cfg_mode)
         object.__setattr__(self, "budget", Budget.parse(self.budget) if self.policy != "full" else Budget(ratio=1.0))
         for name in ("anchors", "recent_lines", "sinks"):
             if getattr(self, name) < 0:

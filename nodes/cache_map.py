@@ -5,8 +5,11 @@ from comfy_api.latest import io
 
 from ..linear_core.cachemap import render_cache_map
 from ..linear_core.pipeline import ImageBatch
+from . import checks
 from .sampler import to_comfy_images
 from .sockets import CATEGORY, RunSocket
+
+OPACITY_RANGE = (0.0, 1.0)
 
 
 class LineARCacheMap(io.ComfyNode):
@@ -23,11 +26,16 @@ class LineARCacheMap(io.ComfyNode):
                 RunSocket.Input("run"),
                 io.Int.Input("layer", default=-1, min=-1, max=1023,
                              tooltip="-1 = the mean over all layers; otherwise one layer (0 = first)."),
-                io.Float.Input("opacity", default=0.65, min=0.0, max=1.0, step=0.05, round=0.01,
+                io.Float.Input("opacity", default=0.65, min=OPACITY_RANGE[0], max=OPACITY_RANGE[1], step=0.05, round=0.01,
                                tooltip="How strongly the map covers the generated image (1 = map only)."),
             ],
             outputs=[io.Image.Output(display_name="map")],
         )
+
+    @classmethod
+    def validate_inputs(cls, opacity: float) -> bool | str:
+        """NaN passes ComfyUI's own range check."""
+        return checks.first_error(checks.number("opacity", opacity, *OPACITY_RANGE))
 
     @classmethod
     def execute(cls, run: ImageBatch, layer: int, opacity: float) -> io.NodeOutput:

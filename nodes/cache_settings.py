@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..linear_core.compressor import CFG_MODES, HEAD_SHARING
 from ..linear_core.layout import Budget
 from ..linear_core.policies import POLICIES
 from ..linear_core.settings import CacheSettings
+from . import checks
 from .sockets import CATEGORY, CacheSocket
 
 DEFAULTS = CacheSettings()
@@ -33,11 +35,11 @@ class LineARCacheSettings(io.ComfyNode):
                              tooltip="Most recent token lines always kept (linear, random, h2o)."),
                 io.Int.Input("sinks", default=DEFAULTS.sinks, min=0, max=4096,
                              tooltip="Attention-sink tokens kept by 'streaming'."),
-                io.Combo.Input("cfg_mode", options=["independent", "shared_cond", "shared_sum"],
+                io.Combo.Input("cfg_mode", options=list(CFG_MODES),
                                default=DEFAULTS.cfg_mode,
                                tooltip="With CFG: each row picks its own tokens, or both rows keep what the "
                                        "conditional row (or the sum of both) scores highest."),
-                io.Combo.Input("head_sharing", options=["per_head", "shared"], default=DEFAULTS.head_sharing,
+                io.Combo.Input("head_sharing", options=list(HEAD_SHARING), default=DEFAULTS.head_sharing,
                                tooltip="Each KV head keeps its own tokens, or all heads keep the same ones."),
                 io.Boolean.Input("keep_line_ends", default=DEFAULTS.keep_line_ends, optional=True,
                                  tooltip="Lumina-mGPT: never evict the end-of-line token that closes each row "
@@ -47,7 +49,14 @@ class LineARCacheSettings(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, budget: str) -> bool | str:
+    def validate_inputs(cls, policy: str, budget: str, cfg_mode: str, head_sharing: str) -> bool | str:
+        """Every choice and the budget, when the prompt is queued (the budget by a strict grammar,
+        so no text can keep the server busy)."""
+        error = checks.first_error(checks.choice("policy", policy, list(POLICIES)),
+                                   checks.choice("cfg_mode", cfg_mode, CFG_MODES),
+                                   checks.choice("head_sharing", head_sharing, HEAD_SHARING))
+        if error is not True or budget is None:  # None: the budget comes over a link, read at run time
+            return error
         try:
             Budget.parse(budget)
         except ValueError as error:

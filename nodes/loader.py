@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..linear_core.demo import DEMO_NAME
-from .model_files import (AUTO, DEVICE_CHOICES, DTYPE_CHOICES, RESOLUTION_CHOICES, load_model, model_choices,
-                          resolve_model, resolve_tokenizer, tokenizer_choices)
+from . import checks
+from .model_files import (AUTO, DEVICE_CHOICES, DTYPE_CHOICES, RESOLUTION_CHOICES, check_model_folder, load_model,
+                          model_choices, relative_to_models, resolve_model, resolve_tokenizer, tokenizer_choices)
 from .sockets import CATEGORY, ModelSocket
 
 
@@ -39,14 +40,21 @@ class LineARModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model: str, vq_tokenizer: str) -> bool | str:
-        """Checked when the prompt is queued, so a missing file is reported before anything runs."""
+    def validate_inputs(cls, model: str, vq_tokenizer: str, resolution: str, dtype: str, device: str) -> bool | str:
+        """Checked when the prompt is queued, so a missing file or an unknown choice is reported
+        before anything runs."""
+        error = checks.first_error(checks.choice("resolution", resolution, RESOLUTION_CHOICES),
+                                   checks.choice("dtype", dtype, DTYPE_CHOICES),
+                                   checks.choice("device", device, DEVICE_CHOICES))
+        if error is not True or model is None:  # None: the model name comes over a link, checked at load
+            return error
         try:
             found = resolve_model(model)
-            if vq_tokenizer != AUTO:  # 'auto' is resolved at load time, beside the chosen GPT file
+            check_model_folder(found)
+            if vq_tokenizer not in (AUTO, None):  # 'auto' is resolved at load time, beside the chosen GPT file
                 resolve_tokenizer(vq_tokenizer, found)
         except ValueError as error:
-            return str(error)
+            return relative_to_models(str(error))
         return True
 
     @classmethod

@@ -13,6 +13,7 @@ import torch
 from comfy.model_patcher import ModelPatcher
 
 from ..linear_core.demo import DEMO_NAME
+from ..linear_core.checkpoints import read_json_object
 from ..linear_core.devices import DTYPES
 from ..linear_core.pipeline import ImagePipeline, load_pipeline
 from ..linear_core.settings import CacheSettings
@@ -35,11 +36,29 @@ def register_folder() -> None:
                                                    set(folder_paths.supported_pt_extensions))
 
 
+def _walk(root: str):
+    """``os.walk`` following links, but into each directory once (by device and inode): a link
+    loop in the models folder (two links to ``.``) would otherwise be walked forever. ComfyUI's
+    own file listing has no such check, so the pack lists its folder itself."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            dirnames.clear()
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        yield dirpath, dirnames, filenames
+
+
 def _model_dirs() -> list[tuple[Path, str]]:
     """Sub-folders holding a ``config.json`` (transformers-style models), as (folder, listed name)."""
     found = []
     for root in folder_paths.get_folder_paths(FOLDER):
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in _walk(root):
             if "config.json" in filenames and Path(dirpath) != Path(root):
                 found.append((Path(dirpath), Path(dirpath).relative_to(root).as_posix() + "/"))
                 dirnames.clear()  # a model folder's own sub-folders are not models
@@ -49,7 +68,14 @@ def _model_dirs() -> list[tuple[Path, str]]:
 def _weight_files(model_dirs: list[tuple[Path, str]]) -> list[str]:
     """Weight files outside the model folders ``model_dirs``, relative to the folder root."""
     inside = tuple(name for _, name in model_dirs)
-    return [f for f in folder_paths.get_filename_list(FOLDER) if not f.replace(os.sep, "/").startswith(inside)]
+    paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+    found = set()
+    for root in paths:
+        for dirpath, _, filenames in _walk(root):
+            relative = Path(dirpath).relative_to(root)
+            found.update((relative / name).as_posix() for name in filenames
+                         if os.path.splitext(name)[1].lower() in extensions)
+    return sorted(f for f in found if not f.startswith(inside))
 
 
 def _is_tokenizer(name: str) -> bool:
@@ -75,10 +101,23 @@ def resolve_model(choice: str) -> str | Path:
             return folder
     path = folder_paths.get_full_path(FOLDER, choice)
     if path is None:
-        roots = ", ".join(folder_paths.get_folder_paths(FOLDER))
-        raise ValueError(f"Model {choice!r} is not in the {FOLDER} folder ({roots}); put the file there and "
+        raise ValueError(f"Model {choice!r} is not in the {FOLDER} folder (models/{FOLDER}); put the file there and "
                          "press Refresh (R), or pick another model.")
     return Path(path)
+
+
+def check_model_folder(model: str | Path) -> None:
+    """A model folder's ``config.json`` must be readable before the prompt is queued."""
+    if isinstance(model, Path) and (model / "config.json").is_file():
+        read_json_object(model / "config.json")
+
+
+def relative_to_models(message: str) -> str:
+    """An error text with the server's model-folder paths cut to names relative to that folder:
+    the text is shown in the browser, which has no business knowing the server's layout."""
+    for root in sorted(folder_paths.get_folder_paths(FOLDER), key=len, reverse=True):
+        message = message.replace(root.rstrip(os.sep) + os.sep, "").replace(root, f"models/{FOLDER}")
+    return message
 
 
 def resolve_tokenizer(choice: str, model: str | Path) -> Path | None:
@@ -122,6 +161,12 @@ class LoadedModel:
         """Put the weights on the compute device, making room for the run's cache first (``request``:
         the prompt of a text model, whose length sets the prefix)."""
         needed = self.pipeline.memory_required(batch, settings, cfg, **request)
+        device = self.patcher.load_device
+        total = mm.get_total_memory(device) - self.patcher.model_size()
+        if needed > total:  # refused before other models are unloaded to make room for it
+            gib = 2 ** 30
+            raise ValueError(f"This run needs {needed / gib:.2f} GiB for its cache but {device} has {total / gib:.2f} "
+                             "GiB in all besides the weights: lower batch_size, the budget or the resolution.")
         mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
 
 
@@ -129,9 +174,12 @@ def load_model(choice: str, tokenizer: str = AUTO, resolution: str = AUTO, dtype
                device: str = AUTO) -> LoadedModel:
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
-    model = resolve_model(choice)
-    pixels = None if resolution == AUTO else int(resolution)
-    pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), pixels and pixels // 16,
-                             pick_dtype(dtype, load_device), offload_device, resolution=pixels)
+    try:
+        model = resolve_model(choice)
+        pixels = None if resolution == AUTO else int(resolution)
+        pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), pixels and pixels // 16,
+                                 pick_dtype(dtype, load_device), offload_device, resolution=pixels)
+    except ValueError as error:
+        raise ValueError(relative_to_models(str(error))) from None
     patcher = ModelPatcher(pipeline.weights(), load_device=load_device, offload_device=offload_device)
     return LoadedModel(pipeline, patcher, choice)

@@ -10,10 +10,11 @@ from server import PromptServer
 from ..linear_core.engine import Callbacks
 from ..linear_core.images import to_pil
 from ..linear_core.labels import class_choices, label_from_choice
-from ..linear_core.pipeline import ClassConditionalPipeline, ImageBatch, ImagePipeline
-from ..linear_core.sampling import SamplingConfig
+from ..linear_core.pipeline import RUN_CHUNK, ClassConditionalPipeline, ImageBatch, ImagePipeline
+from ..linear_core.sampling import MAX_SEED, SamplingConfig
 from ..linear_core.settings import CacheSettings
 from ..linear_core.text_pipeline import TextToImagePipeline
+from . import checks
 from .model_files import LoadedModel
 from .sockets import CATEGORY, CacheSocket, ModelSocket, RunSocket
 
@@ -57,17 +58,28 @@ def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 2, 3, 1).contiguous().float().cpu()
 
 
+#: (min, max) of the float widgets; `validate_sampling` checks them again, NaN and infinity included
+FLOAT_RANGES = {"cfg": (1.0, 30.0), "temperature": (0.0, 5.0), "top_p": (0.01, 1.0)}
+
+
 def sampling_inputs(cfg: float, top_k: int) -> list:
     """Batch, seed and sampling widgets, in the order every sampler shows them."""
+    ranges = {name: {"min": low, "max": high} for name, (low, high) in FLOAT_RANGES.items()}
     return [
         io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images drawn in one batched run."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-        io.Float.Input("cfg", default=cfg, min=1.0, max=30.0, step=0.1, round=0.01,
+        io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+        io.Float.Input("cfg", default=cfg, **ranges["cfg"], step=0.1, round=0.01,
                        tooltip="Classifier-free guidance; 1 = off (half the cache)."),
-        io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, tooltip="0 = greedy."),
+        io.Float.Input("temperature", default=1.0, **ranges["temperature"], step=0.05, round=0.01,
+                       tooltip="0 = greedy."),
         io.Int.Input("top_k", default=top_k, min=0, max=1 << 20, tooltip="0 = off."),
-        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01, round=0.01, tooltip="1 = off."),
+        io.Float.Input("top_p", default=1.0, **ranges["top_p"], step=0.01, round=0.01, tooltip="1 = off."),
     ]
+
+
+def validate_sampling(cfg: float, temperature: float, top_p: float) -> bool | str:
+    values = {"cfg": cfg, "temperature": temperature, "top_p": top_p}
+    return checks.first_error(*(checks.number(name, values[name], *FLOAT_RANGES[name]) for name in FLOAT_RANGES))
 
 
 OUTPUTS = [
@@ -89,7 +101,20 @@ def run_sampler(node: type[io.ComfyNode], model: LoadedModel, cache: CacheSettin
     finally:
         mm.soft_empty_cache()
     _send(STATS_EVENT, {"node": node_id, **batch.summary()})
+    record_in_png(node, node_id, batch)
     return io.NodeOutput(to_comfy_images(batch.images), batch.describe(), batch)
+
+
+def record_in_png(node: type[io.ComfyNode], node_id: str | None, batch: ImageBatch) -> None:
+    """Add the run's summary to the prompt's ``extra_pnginfo``, the dict ComfyUI's SaveImage writes
+    as PNG text chunks next to ``prompt`` and ``workflow`` (ComfyUI's docs name this use of the
+    hidden input): the saved images then say how they were made. One ``linear_ar`` chunk maps each
+    sampler's node id to its run."""
+    extra = node.hidden.extra_pnginfo if node.hidden is not None else None
+    if isinstance(extra, dict):
+        runs = extra.setdefault(RUN_CHUNK, {})
+        if isinstance(runs, dict):
+            runs[str(node_id)] = batch.summary()
 
 
 def expect(model: LoadedModel, kind: type, other_node: str) -> None:
@@ -116,8 +141,13 @@ class LineARClassSampler(io.ComfyNode):
                 *sampling_inputs(cfg=4.0, top_k=2000),
             ],
             outputs=OUTPUTS,
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
+
+    @classmethod
+    def validate_inputs(cls, class_label: str, cfg: float, temperature: float, top_p: float) -> bool | str:
+        return checks.first_error(checks.choice("class_label", class_label, class_choices()),
+                                  validate_sampling(cfg, temperature, top_p))
 
     @classmethod
     def execute(cls, model: LoadedModel, class_label: str, batch_size: int, seed: int, cfg: float,
@@ -153,8 +183,12 @@ class LineARTextSampler(io.ComfyNode):
                 *sampling_inputs(cfg=5.0, top_k=0),
             ],
             outputs=OUTPUTS,
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
+
+    @classmethod
+    def validate_inputs(cls, cfg: float, temperature: float, top_p: float) -> bool | str:
+        return validate_sampling(cfg, temperature, top_p)
 
     @classmethod
     def execute(cls, model: LoadedModel, prompt: str, negative_prompt: str, batch_size: int, seed: int, cfg: float,

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from linear_core.demo import DEMO_DIR, DigitsPalette, nearest_mean_accuracy  # noqa: E402
 from linear_core.engine import generate  # noqa: E402
+from linear_core.files import replacing  # noqa: E402
 from linear_core.families.llamagen import LlamaGenModel, LlamaGenSpec, to_upstream  # noqa: E402
 from linear_core.sampling import SamplingConfig  # noqa: E402
 from linear_core.settings import CacheSettings  # noqa: E402
@@ -160,7 +161,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     metadata = {"format": "llamagen", "heads": str(spec.heads), "grid": str(spec.grid), "cls_token_num": "1"}
-    save_file(to_upstream(model), str(out / "model.safetensors"), metadata=metadata)
+    with replacing(out / "model.safetensors") as temporary:  # a killed run leaves the old model whole
+        save_file(to_upstream(model), str(temporary), metadata=metadata)
     report = {
         "family": "demo-digits", "grid": spec.grid, "levels": args.levels,
         "class_names": [str(c) for c in range(10)],
@@ -180,7 +182,8 @@ def main() -> None:
             "samples_per_cfg": 10 * args.per_class,
         },
     }
-    (out / "config.json").write_text(json.dumps(report, indent=2) + "\n")
+    with replacing(out / "config.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["training"], indent=2))
 
 

@@ -126,7 +126,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, upstream):
     with pytest.raises(ValueError, match="does not exist"):
         load_llamagen(tmp_path / "nope_256.pt")
     (tmp_path / "junk_256.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="is damaged or pickles objects other than tensors: refused"):
         load_llamagen(tmp_path / "junk_256.pt")
     with pytest.raises(ValueError, match="not a LlamaGen GPT"):
         load_llamagen(write_pt(tmp_path / "other_256.pt", {"model.layers.0.mlp.up_proj.weight": torch.zeros(2, 2)}))
@@ -143,7 +143,7 @@ def test_pickled_code_is_refused(tmp_path, upstream, capsys):
     path = tmp_path / "c2i_T_256.pt"
     with open(path, "wb") as handle:
         pickle.dump({"model": upstream, "payload": Payload()}, handle)
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="refused, nothing in it ran"):
         load_llamagen(path, heads=4)
     assert "pickled code ran" not in capsys.readouterr().out
 
@@ -174,5 +174,5 @@ def test_a_layout_larger_than_the_rotary_table_is_refused_up_front(tmp_path, ups
     guidance = model.guidance(1.0)
     conditioning = model.conditioning(torch.tensor([3], device=DEVICE), guidance)
     too_big = LineLayout(model.spec.layout().prefix_len, GRID + 1, GRID)
-    with pytest.raises(ValueError, match=f"needs {1 + (GRID + 1) * GRID} positions but the model covers {1 + GRID * GRID}"):
+    with pytest.raises(ValueError, match=rf"needs {1 + (GRID + 1) * GRID} positions \(.*\) but the model covers {1 + GRID * GRID}"):
         generate(model, conditioning, too_big, CacheSettings(policy="full"), guidance)

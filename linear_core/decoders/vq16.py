@@ -107,7 +107,11 @@ def load_vq16(path: str | Path, dtype: torch.dtype = torch.float32, device: torc
     path = Path(path)
     state, _ = read_state_dict(path)
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if "quantize.embedding.weight" not in state or "decoder.conv_in.weight" not in state:
+    missing = [key for key in ("quantize.embedding.weight", "decoder.conv_in.weight") if key not in state]
+    if missing and any(key.startswith(("quantize.", "decoder.")) for key in state):
+        raise ValueError(f"{path.name} is a VQ tokenizer without {missing[0]}: truncated or damaged; download "
+                         "vq_ds16_c2i.pt again.")
+    if missing:
         raise ValueError(f"{path.name} is not a VQ tokenizer checkpoint: it looks like {describe_state_dict(state)}.")
     wanted = ("quantize.embedding.", "post_quant_conv.", "decoder.")
     state = {k: v for k, v in state.items() if k.startswith(wanted)}

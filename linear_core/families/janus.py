@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..adapter import Conditioning, execution_device
-from ..checkpoints import load_folder_tokenizer, read_folder_config
+from ..checkpoints import check_folder_weights, load_folder_tokenizer, read_folder_config
 from ..devices import name_offload_devices
 from ..guidance import Guidance
 from ..images import grey_unfinished
@@ -71,6 +71,11 @@ class JanusImageModel(nn.Module):
         return side
 
     @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + image) the language model was configured for."""
+        return self.config.max_position_embeddings
+
+    @property
     def raster(self) -> LineLayout:
         return LineLayout(0, self.grid, self.grid)
 
@@ -111,6 +116,8 @@ class JanusImageModel(nn.Module):
         device = execution_device(self.backbone.embed_tokens)
         embed = lambda rows: self.backbone.embed_tokens(torch.tensor(rows, device=device))  # noqa: E731
         layout = LineLayout(len(ids), self.grid, self.grid)
+        for sequence in (ids, negative or ()):  # before anything is embedded
+            layout.with_prefix(len(sequence)).check_positions(self.max_positions)
         if cfg <= 1.0:
             return Conditioning(embed([ids] * batch)), Guidance(cfg, "none"), layout
         if negative is not None:
@@ -143,6 +150,7 @@ def load_janus(folder: str | Path, dtype: torch.dtype = torch.float32, device: t
 
     folder = Path(folder)
     config = read_folder_config(folder, "Janus-Pro", ("janus", "multi_modality"))
+    check_folder_weights(folder)
     tokenizer = load_folder_tokenizer(folder)
     if config["model_type"] == "janus":
         placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {

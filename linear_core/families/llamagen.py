@@ -26,7 +26,7 @@ from transformers import LlamaConfig, LlamaModel
 from ..adapter import Conditioning
 from ..checkpoints import describe_state_dict, read_state_dict
 from ..guidance import Guidance
-from ..layout import Budget, LineLayout
+from ..layout import Budget, LineLayout, check_grid
 
 #: upstream GPT sizes: name → (layers, heads, dim)
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -59,6 +59,9 @@ class LlamaGenSpec:
     cls_token_num: int = 1
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_grid(self.grid)  # before a rotary table of grid² rows is built
 
     @property
     def head_dim(self) -> int:
@@ -243,6 +246,10 @@ def infer_spec(state: dict[str, torch.Tensor], grid: int | None = None, metadata
     if heads is None:
         raise ValueError(f"{name}: width {dim} matches no LlamaGen size ({', '.join(map(str, HEADS_BY_DIM))}) "
                          "and the file does not record its head count; pass heads explicitly.")
+    if heads < 1 or dim % heads or (dim // heads) % 2:
+        raise ValueError(f"{name}: {heads} heads do not split its width {dim} into even head sizes (rotary "
+                         f"embeddings pair dimensions); give a head count that divides {dim} into an even size"
+                         f"{', e.g. ' + str(HEADS_BY_DIM[dim]) if dim in HEADS_BY_DIM else ''}.")
     head_dim = dim // heads
     kv_heads = (state["layers.0.attention.wqkv.weight"].shape[0] // head_dim - heads) // 2
     grid = grid or (int(metadata["grid"]) if "grid" in metadata else None) or grid_from_name(name)

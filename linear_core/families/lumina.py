@@ -82,6 +82,12 @@ class LuminaImageModel(EndOfLineRows, nn.Module):
 
     grid_h = grid_w = grid  # square images
 
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + image) the language model was configured for; the reference
+        inference caps its generation at the same value (``max_length`` of its generation config)."""
+        return self.config.max_position_embeddings
+
     # -- prompts ---------------------------------------------------------------------------------
     def image_start_ids(self) -> list[int]:
         """``<racm3:break>`` and the height and width tokens, teacher-forced before the first row."""
@@ -99,9 +105,11 @@ class LuminaImageModel(EndOfLineRows, nn.Module):
         unconditional stream sees the image start only (or the negative prompt's full request)."""
         if not prompt.strip():
             raise ValueError("The prompt is empty: describe the image to generate.")
+        ids = self.prompt_ids(prompt)
         uncond = self.prompt_ids(negative_prompt) if negative_prompt.strip() else self.image_start_ids()
-        return separate_cfg_request(self.backbone.embed_tokens, self.prompt_ids(prompt), uncond, batch, cfg,
-                                    self.grid, self.grid)
+        for sequence in (ids, uncond):  # before anything is embedded
+            LineLayout(len(sequence), self.grid, self.grid, eol=True).check_positions(self.max_positions)
+        return separate_cfg_request(self.backbone.embed_tokens, ids, uncond, batch, cfg, self.grid, self.grid)
 
     # -- images ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -162,8 +170,10 @@ def load_lumina(folder: str | Path, vqgan: str | Path | None = None, resolution:
     config = read_folder_config(folder, "Lumina-mGPT", ("chameleon",))
     resolution = resolution or resolution_from_name(folder.name)
     if resolution is None:
-        raise ValueError(f"Cannot tell the resolution of {folder.name}: give it (512, 768 or 1024, the size the "
-                         "checkpoint was trained at).")
+        raise ValueError(f"Cannot tell the resolution of {folder.name}: its config.json says model_type 'chameleon' "
+                         "(Lumina-mGPT), whose folders are named after their size (Lumina-mGPT-7B-768). If it is a "
+                         "Lumina-mGPT model, give the resolution (512, 768 or 1024) or put the size in the folder "
+                         "name; if it should be Janus-Pro, its config.json is the wrong one.")
     tokenizer = load_folder_tokenizer(folder)
     vqgan = vqgan or find_vqgan(folder)  # before the big load: a missing decoder fails fast
     model = load_chameleon(folder, config, dtype, device, device_map, offload_folder)

@@ -16,15 +16,20 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 }
 
 
+def policy_class(name: str) -> type[EvictionPolicy]:
+    """The policy called ``name``, or a ValueError that lists the names."""
+    try:
+        return POLICIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown policy {name!r}; choose one of: {', '.join(POLICIES)}.") from None
+
+
 def make_policy(name: str, **options) -> EvictionPolicy:
     """Build policy ``name``; options it does not take (e.g. ``anchors`` for ``h2o``) are ignored,
     so one set of cache settings can drive every policy side by side."""
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"Unknown policy {name!r}; choose one of: {', '.join(POLICIES)}.") from None
+    cls = policy_class(name)
     accepted = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
-__all__ = ["EvictionPolicy", "LayerView", "POLICIES", "make_policy"]
+__all__ = ["EvictionPolicy", "LayerView", "POLICIES", "make_policy", "policy_class"]

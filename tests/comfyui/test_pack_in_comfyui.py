@@ -80,13 +80,17 @@ def test_example_workflow_loads_converts_and_runs(server, browser, path):
     entry = server.run(prompt, timeout=600, workflow=workflow)
     assert entry["status"]["status_str"] == "success", entry["status"]
     expected = EXPECTED[path.name]
-    saved = [img for node_id, node in prompt.items() if node["class_type"] == "SaveImage"
-             for img in server.output_images(entry, node_id)]
+    saved = [(img, node["inputs"]["images"][0]) for node_id, node in prompt.items()
+             if node["class_type"] == "SaveImage" for img in server.output_images(entry, node_id)]
     count, side = expected["images"]
     assert len(saved) == count
-    for record in saved:
+    for record, sampler in saved:
         image = Image.open(io.BytesIO(server.view(**record)))
         assert image.size == (side, side) and "workflow" in image.info  # the graph travels in the PNG
+        run = json.loads(image.info["linear_ar"])[sampler]  # and so does the run of the sampler it shows
+        inputs = prompt[sampler]["inputs"]
+        policy = prompt[inputs["cache"][0]]["inputs"]["policy"] if "cache" in inputs else "linear"
+        assert (run["policy"], run["seed"], run["batch"]) == (policy, inputs["seed"], inputs["batch_size"])
     stats = [entry["outputs"][node_id]["text"][0] for node_id, node in prompt.items()
              if node["class_type"] == "PreviewAny"]
     assert len(stats) == expected["stats"] and all("KV cache" in text and "% saved" in text for text in stats)
