@@ -21,6 +21,7 @@ from .guidance import Guidance
 from .roofline import device_peaks, roofline
 from .sampling import SamplingConfig
 from .settings import CacheSettings
+from .speculative import Speculation
 
 #: a decode spec → (decode, compile) for `generate`
 DECODES = {"auto": ("auto", "auto"), "static": ("static", "auto"), "eager": ("eager", "off"),
@@ -49,11 +50,13 @@ def run_bench(arch: str = "llamagen-b", policies: tuple[str, ...] = ("full", "li
               batch: int = 1, layers: int | None = None, grid: int | None = None, device: str | None = None,
               dtype: str = "fp32", repeats: int = 1, cfg: float | None = None, seed: int = 0, warmup: bool = True,
               base: CacheSettings = CacheSettings(), decodes: tuple[str, ...] = ("auto",),
-              peak_bandwidth: float | None = None, peak_tflops: float | None = None) -> dict:
+              peak_bandwidth: float | None = None, peak_tflops: float | None = None,
+              speculative: Speculation | None = None) -> dict:
     """Run every policy ``repeats`` times, interleaved, on the same model; report medians.
 
     ``budget`` may list several budgets (``"1/4,1/6"``): each evicting policy then runs at each,
-    reported as ``policy@budget``; several ``decodes`` (`DECODES`) add ``/decode`` to the names."""
+    reported as ``policy@budget``; several ``decodes`` (`DECODES`) add ``/decode`` to the names;
+    ``speculative`` runs every plan a second time with it, as ``name+jacobi``."""
     device = device or default_device()
     model, layout, guidance, sampling = _model(arch, layers, grid, dtype, device, seed, cfg)
     budgets = [b.strip() for b in str(budget).split(",") if b.strip()]
@@ -66,21 +69,23 @@ def run_bench(arch: str = "llamagen-b", policies: tuple[str, ...] = ("full", "li
             settings = replace(base, policy=policy, budget=b)
             settings.make_policy().validate(layout.with_budget(settings.budget))  # fail before any work
             key = policy if len(budgets) == 1 or policy == "full" else f"{policy}@{b}"
-            plans += [(key if len(decodes) == 1 else f"{key}/{d}", settings, d) for d in decodes]
+            plans += [(key if len(decodes) == 1 else f"{key}/{d}", settings, d, None) for d in decodes]
+    if speculative is not None:
+        plans += [(f"{key}+jacobi", settings, d, speculative) for key, settings, d, _ in plans]
     conditioning = model.conditioning(torch.arange(batch, device=device) % getattr(model, "num_classes", 1000),
                                       guidance)
     if warmup:
         # two lines with the full cache: warms kernels and allocator without a budget that must fit
         generate(model, conditioning, replace(layout, grid_h=2), replace(base, policy="full"), guidance, sampling, seed,
                  decode="eager")
-    runs: dict[str, list] = {key: [] for key, _, _ in plans}
+    runs: dict[str, list] = {key: [] for key, *_ in plans}
     for _ in range(repeats):
-        for key, settings, decode in plans:
+        for key, settings, decode, speculation in plans:
             if device.startswith("cuda"):
                 synchronize([torch.device(device)])
                 torch.cuda.reset_peak_memory_stats()
             stats = generate(model, conditioning, layout, settings, guidance, sampling, seed,
-                             decode=DECODES[decode][0], compile=DECODES[decode][1]).stats
+                             decode=DECODES[decode][0], compile=DECODES[decode][1], speculative=speculation).stats
             entry = stats.as_dict()
             entry.pop("line_seconds")
             if device.startswith("cuda"):

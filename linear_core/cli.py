@@ -19,6 +19,7 @@ from .janus_bench import bench_vs_transformers, format_vs_transformers
 from .pipeline import describe_summary, load_pipeline
 from .policies import POLICIES
 from .settings import CacheSettings
+from .speculative import Speculation
 from .text_pipeline import TextToImagePipeline
 
 
@@ -77,6 +78,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=arg.positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     _decode_options(parser)
+    _speculative_options(parser)
 
 
 def _decode_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
@@ -88,6 +90,17 @@ def _decode_options(parser: argparse.ArgumentParser, several: bool = False) -> N
                             help="static: fixed-shape step, CUDA-graph captured on GPUs (default where it runs)")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="inductor for the static step (auto: off; worth it for many requests in one process)")
+
+
+def _speculative_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speculative", default="off", choices=("off", "jacobi"),
+                        help="jacobi: verify a window of drafts per forward (same distribution, fewer forwards)")
+    parser.add_argument("--window", type=arg.positive_int, default=Speculation.window,
+                        help="speculative inputs per forward: the newest token + window - 1 drafts")
+
+
+def _speculation(args: argparse.Namespace) -> Speculation | None:
+    return Speculation(args.window) if args.speculative == "jacobi" else None
 
 
 def _decodes(text: str) -> tuple[str, ...]:
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory bandwidth in GB/s for the roofline (default: the GPU table, or measured)")
     bench.add_argument("--peak-tflops", type=arg.positive_float, default=None, help="peak TFLOP/s for the roofline")
     _decode_options(bench, several=True)
+    _speculative_options(bench)
     _cache_options(bench)
     return parser
 
@@ -172,14 +186,14 @@ def _generate(args: argparse.Namespace) -> dict:
         if not args.prompt:
             raise ValueError(f"{pipeline.name} draws from text: give --prompt \"...\".")
         batch = pipeline.generate(args.prompt, args.negative_prompt, args.batch, settings, args.cfg, sampling, args.seed,
-                                  decode=args.decode, compile=args.compile)
+                                  decode=args.decode, compile=args.compile, speculative=_speculation(args))
     else:
         if args.prompt:
             raise ValueError(f"{pipeline.name} is class-conditional: give --label instead of --prompt.")
         labels = args.label or ["0"]
         labels = [labels[i % len(labels)] for i in range(args.batch)]
         batch = pipeline.generate(labels, settings, args.cfg, sampling, args.seed, decode=args.decode,
-                                  compile=args.compile)
+                                  compile=args.compile, speculative=_speculation(args))
     path = save_png(batch.images, args.out, batch.png_text())
     return {"image": str(path), **batch.summary()}
 
@@ -205,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads,
                                      resolution=args.resolution)
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
-                                     args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile)
+                                     args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile,
+                                     speculative=_speculation(args))
             text = format_fidelity(report)
         elif args.vs_transformers:
             if not args.arch.startswith("janus"):
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
                                args.device, args.dtype, args.repeats, base=_settings(args), decodes=args.decode,
                                peak_bandwidth=args.peak_bandwidth and args.peak_bandwidth * 1e9,
-                               peak_tflops=args.peak_tflops)
+                               peak_tflops=args.peak_tflops, speculative=_speculation(args))
             text = format_table(report)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -15,6 +15,7 @@ from .engine import generate
 from .metrics import FULL, coupled_agreement, teacher_forced
 from .pipeline import ClassConditionalPipeline, ImagePipeline
 from .settings import CacheSettings
+from .speculative import Speculation
 from .text_pipeline import TextToImagePipeline
 
 
@@ -38,7 +39,9 @@ def _text_request(pipeline: TextToImagePipeline, prompt: str, count: int, cfg: f
 def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: str = "1/4",
                     sequences: int = 40, batch: int = 20, cfg: float | None = None, seed: int = 0,
                     base: CacheSettings = CacheSettings(), prompts: tuple[str, ...] = (), decode: str = "auto",
-                    compile: str = "auto") -> dict:
+                    compile: str = "auto", speculative: Speculation | None = None) -> dict:
+    """Teacher-forced KL and agreement of ``policies`` against the full cache, on sequences the full
+    cache samples (with ``speculative`` decoding when given: the same law, fewer forwards)."""
     model, layout = pipeline.model, pipeline.layout
     cfg = pipeline.defaults.cfg if cfg is None else cfg
     sampling = pipeline.defaults.sampling()
@@ -57,7 +60,7 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
             _text_request(pipeline, prompts[index % len(prompts)], count, cfg) if text
             else _class_request(pipeline, labels[start:start + count], cfg))
         tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, rules=rules,
-                          decode=decode, compile=compile).tokens
+                          decode=decode, compile=compile, speculative=speculative).tokens
         coupled_ref = None
         for policy, settings in plans.items():
             forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, rules, decode, compile)
@@ -73,7 +76,8 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
     return {
         "model": pipeline.name, "budget": str(budget), "budget_tokens": budget_tokens,
         "image_tokens": layout.image_tokens, "n_sequences": sequences, "cfg": cfg, "seed": seed,
-        "keep_line_ends": base.keep_line_ends, "decode": decode, **({"prompts": list(prompts)} if prompts else {}),
+        "keep_line_ends": base.keep_line_ends, "decode": decode,
+        "speculative_window": speculative.window if speculative is not None else 0, **({"prompts": list(prompts)} if prompts else {}),
         "results": {p: {"kl_mean": s["kl"], "top1_agreement": s["top1"], "coupled_agreement": s["coupled"],
                         "kl_per_line": [round(v, 6) for v in s["kl_lines"].tolist()]} for p, s in sums.items()},
     }
