@@ -133,12 +133,13 @@ def format_table(report: dict) -> str:
              f"N={lay['image_tokens']}; peaks {report['peaks']['bandwidth'] / 1e9:.0f} GB/s, "
              f"{report['peaks']['flops'] / 1e12:.1f} TFLOP/s ({report['peaks']['source']})",
              f"{'run':<22} {'B':>5} {'tok/s':>9} {'speedup':>8} {'KV MiB':>8} {'saving':>7} {'decode s':>9} "
-             f"{'step ms':>8} {'roof ms':>8} {'roof %':>7} {'compile s':>9} {'compr %':>8}  step"]
+             f"{'step ms':>8} {'roof ms':>8} {'roof %':>7} {'compile s':>9} {'compr %':>8} {'fwd':>6} {'tok/fwd':>7}  step"]
     for name, r in report["results"].items():
         lines.append(
             f"{name:<22} {r['budget_tokens']:>5} {r['tokens_per_s']:>9.1f} {r['speedup_vs_first']:>7.2f}x "
             f"{r['peak_kv_bytes'] / 2**20:>8.1f} {r['kv_saving'] * 100:>6.1f}% {r['decode_s']:>9.2f} "
             f"{r['step_ms']:>8.3f} {r['roofline_step_ms']:>8.3f} {100 * r['roofline_fraction']:>6.1f}% "
-            f"{r['compile_s']:>9.1f} {100 * r['compression_s'] / max(r['decode_s'], 1e-9):>7.2f}%  {r['decode_step']}")
+            f"{r['compile_s']:>9.1f} {100 * r['compression_s'] / max(r['decode_s'], 1e-9):>7.2f}% "
+            f"{r['forwards']:>6} {r['accepted_per_forward']:>7.2f}  {r['decode_step']}")
     notes = {r["decode_note"] for r in report["results"].values() if r.get("decode_note")}
     return "\n".join(lines + sorted(notes))

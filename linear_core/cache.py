@@ -117,11 +117,15 @@ class LineARLayer(CacheLayerMixin):
             self.unindexed = 0
 
     def rollback(self, q: int) -> None:
-        """Forget the last ``q`` tokens written (a speculative window's rejected tail): only the
-        counters and the raster index move back; the stale slots are overwritten by the next write."""
-        if q > self.length - self.prefix_len or self.unindexed:
-            raise RuntimeError(f"Cannot roll back {q} tokens: only eager writes since the last boundary can be.")
+        """Forget the last ``q`` tokens written (a speculative window's rejected tail), eagerly or
+        by static steps: only the counters and the raster index move back; the stale slots are
+        overwritten by the next write."""
+        if q > self.length - self.prefix_len or 0 < self.unindexed < q:
+            raise RuntimeError(f"Cannot roll back {q} tokens: only writes since the last boundary can be.")
         self.length, self.written = self.length - q, self.written - q
+        if self.unindexed:  # static writes: their raster index is not recorded yet
+            self.unindexed -= q
+            return
         end = self.length - self.prefix_len
         self.image_index[:, :, end:end + q] = -1
 

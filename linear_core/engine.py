@@ -107,15 +107,11 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
     batch; with ``speculative`` the first seed drives the whole request). ``rules`` (a family's
     forced end-of-line token and image vocabulary) rewrite the CFG-combined logits before each
     draw. ``decode`` / ``compile``: see `DecodeSession`. ``speculative``: verify a window of drafts
-    per forward (`speculative`; same distribution, fewer forwards), on the eager step. The caches
+    per forward (`speculative`; same distribution, fewer forwards), on the eager or the static step. The caches
     (and captured graphs) are freed when this returns or raises.
     """
-    note = None
-    if speculative is not None:
-        if sampling.draw != "multinomial":
-            raise ValueError("Speculative decoding draws its own noise: use multinomial draws with it.")
-        note = "speculative windows run on the eager step" if decode != "eager" else None
-        decode = "eager"
+    if speculative is not None and sampling.draw != "multinomial":
+        raise ValueError("Speculative decoding draws its own noise: use multinomial draws with it.")
     session = DecodeSession(adapter, conditioning, layout, settings, guidance, seed, decode, compile)
     devices, lay = session.geometry.devices, session.layout
     line_seconds: list[float] = []
@@ -182,7 +178,7 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
             full_kv_bytes=session.full_kv_bytes, query_buffer_bytes=session.query_buffer_bytes,
             prefill_s=prefill_s, decode_s=decode_s, compression_s=session.compression_s,
             compressions=session.compressions, decode="eager" if static is None else "static",
-            decode_step=session.step_impl, decode_note=note or session.decode_note, forwards=forwards,
+            decode_step=session.step_impl, decode_note=session.decode_note, forwards=forwards,
             speculative_window=speculative.window if speculative is not None else 0,
             compile_s=compile_s, kv_slots_read=session.slots_read, vocab=logits.shape[-1],
             line_seconds=line_seconds, kept_map=session.kept_map(),

@@ -87,6 +87,7 @@ class ImageBatch:
             "decode_s": stats.decode_s, "compression_s": stats.compression_s, "image_decode_s": self.decode_s,
             "decode": stats.decode, "decode_step": stats.decode_step, "decode_note": stats.decode_note,
             "forwards": stats.forwards, "compile_s": stats.compile_s, "step_ms": stats.step_ms,
+            "speculative_window": stats.speculative_window, "accepted_per_forward": stats.accepted_per_forward,
         }
 
 
@@ -108,6 +109,9 @@ def describe_decode(summary: dict) -> str:
     step = summary.get("decode_step", "eager")
     line = f"decode {summary.get('decode', 'eager')}" + (f" ({step})" if step != "eager" else "")
     line += f", {summary.get('step_ms', 0.0):.2f} ms/step"
+    if summary.get("speculative_window"):
+        line += (f", speculative window {summary['speculative_window']}: {summary['forwards']} forwards, "
+                 f"{summary['accepted_per_forward']:.2f} tokens each")
     if summary.get("compile_s"):
         line += f", compile/capture {summary['compile_s']:.1f} s (not in the decode time)"
     return line + (f"; {summary['decode_note']}" if summary.get("decode_note") else "")

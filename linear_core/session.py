@@ -175,11 +175,19 @@ class DecodeSession:
     def feed_window(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed a speculative window ``(batch, q)`` inside the current line and return its
         CFG-combined logits; nothing is compressed until `keep_window` says how much of it stays."""
-        if self.static is not None:
-            raise RuntimeError("Speculative windows run on the eager step.")
         self._check_chunk(tokens.shape[1])
-        return self._feed_eager(tokens.to(self.geometry.device))
+        tokens = tokens.to(self.geometry.device)
+        return self.static.feed(tokens) if self.static is not None else self._feed_eager(tokens)
 
+    def window_size(self, room: int, window: int) -> int:
+        """Inputs of the next speculative window when ``room`` (≤ ``window``) fit before the line end:
+        all of them eagerly; on the static step the full window or the largest power of two that
+        fits, so that a request captures (or compiles) a handful of window shapes, not ``window``."""
+        if self.static is None or room == window:
+            return room
+        return 1 << (room.bit_length() - 1)
+
+    @torch.inference_mode()
     def keep_window(self, fed: int, keep: int) -> None:
         """Keep the first ``keep`` of the ``fed`` tokens of the last window: the rest is rolled back
         (only counters move; the cache is then exactly as if they had never been fed), and the
@@ -188,6 +196,8 @@ class DecodeSession:
             self.stream.cache.rollback(fed - keep)
             if self.stream.queries is not None:
                 self.stream.queries.line_pos -= fed - keep
+            if self.static is not None:
+                self.static.rollback(fed - keep)
         if keep and self.stream.cache.image_written % self.layout.line_tokens == 0:
             self._boundary()
 

@@ -120,11 +120,12 @@ class JacobiDrafts:
         self.laws = torch.cat([p[:, committed:], self.laws[:, verified:]], 1)
 
 
+@torch.inference_mode()
 def jacobi_decode(session, tokens: torch.Tensor, vocab: int, sampling: SamplingConfig, rules: TokenRules | None,
                   speculation: Speculation, generator: torch.Generator,
                   on_commit: Callable[[int], None]) -> int:
     """Fill ``tokens`` ``(batch, N)`` from position 1 (position 0 is committed) with speculative
-    windows over a prefilled eager `DecodeSession`; ``on_commit(i)`` runs for every committed
+    windows over a prefilled `DecodeSession` (eager or static); ``on_commit(i)`` runs for every committed
     position in order. Returns the number of forwards."""
     layout = session.layout
     n, line = layout.image_tokens, layout.line_tokens
@@ -133,7 +134,8 @@ def jacobi_decode(session, tokens: torch.Tensor, vocab: int, sampling: SamplingC
     committed, forwards = 1, 0
     while committed < n:
         last = committed - 1  # the newest committed token, fed first
-        count = min(last + speculation.window - 1, (last // line + 1) * line - 1, n - 2) - last + 1
+        room = min(last + speculation.window - 1, (last // line + 1) * line - 1, n - 2) - last + 1
+        count = session.window_size(room, speculation.window)
         guesses, laws = drafts.first(count, last, tokens)
         logits = session.feed_window(torch.cat([tokens[:, last:last + 1], guesses[:, :count - 1]], 1))
         forwards += 1

@@ -92,7 +92,8 @@ class StepTiming:
 
 class StaticDecoder:
     """Static steps over one `DecodeSession`'s cache (built by it after the prefill): ``feed``
-    (teacher forcing, q tokens) and ``sample_next`` (feed the last token, draw the next one into the
+    (teacher forcing or a speculative window, q tokens; ``rollback`` takes a window's tail back)
+    and ``sample_next`` (feed the last token, draw the next one into the
     token buffer). ``impl`` is one of `STEP_IMPLS` but ``eager``."""
 
     def __init__(self, session, vocab: int, impl: str) -> None:
@@ -190,6 +191,12 @@ class StaticDecoder:
         self.inputs[:, :q].copy_(tokens)
         self._run(q, False)
         return self.logits[q].clone()
+
+    def rollback(self, q: int) -> None:
+        """Move the device counters back over the last ``q`` tokens fed (a speculative window's
+        rejected tail; the cache and the host counters are rolled back by the session)."""
+        for counter in (self.cursor.slot, self.position, self.line_pos, self.index):
+            counter.sub_(q)
 
     def _run(self, q: int, sample: bool) -> None:
         if q not in self.logits:

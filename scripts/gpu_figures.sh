@@ -5,10 +5,13 @@
 # still returns what it finished.
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
-#       janus-vs-transformers (default: all, in that order).
+#       janus-vs-transformers spec-lumina-768 spec-janus-7b (default: all, in that order).
 # Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
 # time against the roofline; `decode-modes` compares eager, CUDA graph and inductor + CUDA graph on
 # Janus-Pro-1B x128, and `janus-7b-batch1` puts one 7B image against transformers' generate.
+# `spec-*` run full / LineAR / LineAR + speculative Jacobi (window 16) at batch 1 and 8: random
+# weights give the cost per forward (window of 16 vs 1 token); combine it with the acceptance
+# measured on the demo model or reported for the real models (README, "Speculative decoding").
 # Caps: the eager step took 39 ms on an H200 (Janus-Pro-1B x128 and 7B x64 alike), so an eager run
 # of 576 tokens is ~25 s; the static runs should take a few seconds each. Tests took ~110 s.
 # PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
@@ -18,7 +21,7 @@ budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
 ((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
-  decode-modes janus-vs-transformers)
+  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -61,6 +64,10 @@ for name in "${steps[@]}"; do
     decode-modes) bench "$name" 200 --arch janus-pro-1b --batch 128 --policies linear --budget 1/6 \
       --decode eager,static,compiled ;;
     janus-vs-transformers) bench "$name" 200 --arch janus-pro-1b --vs-transformers --batch 16 --budget 1/4,1/6 ;;
+    spec-lumina-768) for b in 1 8; do bench "$name-b$b" 150 --arch lumina-mgpt-7b-768 --batch $b --policies full,linear \
+      --budget 1/6 --speculative jacobi --window 16; done ;;
+    spec-janus-7b) for b in 1 8; do bench "$name-b$b" 120 --arch janus-pro-7b --batch $b --policies full,linear \
+      --budget 1/6 --speculative jacobi --window 16; done ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac
 done

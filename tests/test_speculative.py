@@ -69,8 +69,11 @@ def speculate_and_record(session: DecodeSession, tokens: torch.Tensor, junk: tor
     return torch.cat(logits, 1), history
 
 
+@pytest.mark.parametrize("decode", ["eager", "static"])
 @pytest.mark.parametrize("policy,budget", [("full", "full"), ("linear", "2 lines"), ("h2o", "2 lines")])
-def test_rollback_leaves_the_cache_as_if_the_rejected_tokens_were_never_fed(tmp_path, policy, budget):
+def test_rollback_leaves_the_cache_as_if_the_rejected_tokens_were_never_fed(tmp_path, policy, budget, decode):
+    """Against plain one-token eager feeding: windows (eager, or on the static step, whose counters
+    live on the device) with a rejected tail give the same logits and evict the same tokens."""
     model = tiny_model(tmp_path, kv_heads=2)
     layout = LineLayout(model.prefix_len, 5, 6)
     guidance = Guidance(2.0, "halves")
@@ -79,7 +82,7 @@ def test_rollback_leaves_the_cache_as_if_the_rejected_tokens_were_never_fed(tmp_
     generator = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens), generator=generator).to(DEVICE)
     junk = torch.randint(0, model.config.vocab_size, (2, layout.image_tokens), generator=generator).to(DEVICE)
-    sessions = [DecodeSession(model, conditioning, layout, settings, guidance, decode="eager") for _ in range(2)]
+    sessions = [DecodeSession(model, conditioning, layout, settings, guidance, decode=mode) for mode in ("eager", decode)]
     try:
         plain, plain_kept = feed_and_record(sessions[0], tokens, 1)
         rolled, rolled_kept = speculate_and_record(sessions[1], tokens, junk, 4, seed=7)

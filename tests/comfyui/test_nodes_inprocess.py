@@ -181,6 +181,22 @@ def test_sampler_outputs_comfy_images_and_a_map_of_the_kept_tokens(comfy):
         assert sum(is_colour(px, kept) for px in middle) < 24
 
 
+def test_speculative_widget_runs_jacobi_windows_and_reports_them(comfy):
+    prompt = graph(batch=1)
+    prompt["3"]["inputs"].update(speculative="jacobi", window=8)
+    executor, server, _ = comfy.run(prompt)
+    assert executor.success, server.events
+    (stats,) = server.of("linear_ar.stats")
+    assert stats["speculative_window"] == 8 and stats["forwards"] < 255
+    assert stats["accepted_per_forward"] == pytest.approx(255 / stats["forwards"])
+    assert "speculative window 8:" in executor.history_result["outputs"]["7"]["text"][0]
+    assert [value for value, _, _ in comfy.progress][-1] == 256  # progress still reaches every token
+    prompt["3"]["inputs"]["speculative"] = "medusa"
+    executor, _, refused = comfy.run(prompt)  # refused when queued: nothing runs
+    assert executor is None and "speculative 'medusa' is not one of the choices" in str(refused)
+    assert live_cache_buffers() == 0
+
+
 def test_interrupt_stops_the_run_and_frees_its_cache(comfy):
     executor, server, _ = comfy.run(graph(batch=1), interrupt_at=40)
     assert not executor.success
