@@ -4,7 +4,7 @@ from __future__ import annotations
 import comfy.model_management as mm
 import comfy.utils
 import torch
-from comfy_api.latest import io
+from .node_api import io
 from server import PromptServer
 
 from ..linear_core.engine import Callbacks
