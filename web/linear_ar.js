@@ -33,7 +33,7 @@ function makeStrip() {
   Object.assign(element.style, {
     position: "relative", boxSizing: "border-box", height: `${STRIP}px`, minHeight: `${STRIP}px`,
     borderRadius: "5px", overflow: "hidden", background: "rgba(20, 20, 24, 0.85)",
-    font: "12px sans-serif", color: "#f1f1f1", pointerEvents: "none",
+    font: "12px sans-serif", color: "#f1f1f1",
   });
   const bar = document.createElement("div");
   Object.assign(bar.style, { position: "absolute", inset: "0 auto 0 0", width: "0", background: "#2a9d8f" });
@@ -50,7 +50,6 @@ function makeStrip() {
 
 function addStrip(node) {
   const strip = makeStrip();
-  strip.element.dataset.linearNode = String(node.id);
   const widget = node.addDOMWidget("linear_ar_strip", "linear_ar_strip", strip.element, {
     serialize: false, // never in widgets_values nor in the prompt: saved workflows keep their layout
     hideOnZoom: false,
@@ -70,7 +69,6 @@ function show(node, progress, stats) {
   if (stats !== undefined) node.linearStats = stats;
   const strip = node.linearStrip;
   if (!strip) return;
-  strip.element.dataset.linearNode = String(node.id);
   const done = node.linearStats;
   strip.bar.style.width = progress ? `${(100 * progress.line) / progress.lines}%` : "0";
   strip.text.textContent = progress ? `line ${progress.line} / ${progress.lines}` : done ? statsLine(done) : IDLE;

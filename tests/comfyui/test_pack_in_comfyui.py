@@ -69,6 +69,15 @@ def test_object_info_lists_every_node_and_the_models_folder(server):
     assert sorted(templates[PACK_FOLDER]) == sorted(p.stem for p in WORKFLOWS)
 
 
+def fresh_seeds(browser) -> None:
+    """A new seed on every sampler, so that no run of the same workflow (in the other node design, or
+    on the other frontend) is served from ComfyUI's output cache, which would send no events."""
+    browser.evaluate("""(samplers) => {
+        for (const node of window.app.graph._nodes.filter(n => samplers.includes(n.comfyClass)))
+            node.widgets.find(w => w.name === "seed").value = Math.floor(Math.random() * 2 ** 31);
+    }""", sorted(SAMPLERS))
+
+
 def strip_of(browser, node_id: str) -> dict:
     """The KV strip of a sampler as the user sees it, after centring the view on the node: its text,
     whether it is rendered (`checkVisibility`: laid out, not hidden, not transparent), whether it is
@@ -78,9 +87,10 @@ def strip_of(browser, node_id: str) -> dict:
                      " app.canvas.setDirty(true, true); }", node_id)
     browser.page.wait_for_timeout(400)  # a few frames: the canvas (classic) or Vue (Nodes 2.0) places it
     return browser.evaluate("""(id) => {
-        const strips = [...document.querySelectorAll(`.linear-ar-strip[data-linear-node="${id}"]`)];
-        if (strips.length !== 1) return {count: strips.length};
-        const el = strips[0], box = el.getBoundingClientRect();
+        const el = window.app.graph.getNodeById(Number(id)).linearStrip?.element;
+        const count = [...document.querySelectorAll(".linear-ar-strip")].filter(other => other === el).length;
+        if (count !== 1) return {count};
+        const box = el.getBoundingClientRect();
         const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
         return {count: 1, text: el.textContent, width: box.width, height: box.height,
                 rendered: el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}),
@@ -109,6 +119,7 @@ def test_example_workflow_loads_converts_and_runs(server, browser, path):
     workflow = json.loads(path.read_text())
     assert any(node["type"] == "Note" for node in workflow["nodes"]), "every example explains itself in a note"
     browser.load_workflow(workflow)
+    fresh_seeds(browser)
     prompt = browser.graph_to_prompt()
     used = {node["type"] for node in workflow["nodes"] if node["type"] != "Note"}
     assert {node["class_type"] for node in prompt.values()} == used
@@ -148,10 +159,11 @@ def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, sc
     """During the run the strip counts the lines, after it shows the stats: recorded from the DOM."""
     browser.record_events("linear_ar.progress", "linear_ar.stats")
     browser.load_workflow(json.loads((REPO_ROOT / "workflows" / "linear_ar_demo_digits.json").read_text()))
+    fresh_seeds(browser)
     (sampler,) = [node_id for node_id, node in browser.graph_to_prompt().items() if node["class_type"] in SAMPLERS]
     browser.evaluate("""(id) => {
         window.__linearStripTexts = [];
-        const el = document.querySelector(`.linear-ar-strip[data-linear-node="${id}"]`);
+        const el = window.app.graph.getNodeById(Number(id)).linearStrip.element;
         new MutationObserver(() => window.__linearStripTexts.push(el.textContent))
             .observe(el, {subtree: true, childList: true, characterData: true});
     }""", sampler)
