@@ -39,7 +39,8 @@ BASELINE_CONSOLE_ERRORS = (
 #: Content-Security-Policy. Dropped only while such a frontend is served (:attr:`Browser.frontend_version`).
 NEWER_FRONTEND_BASELINE = (
     r"^Failed to load resource: the server responded with a status of 404 \(Not Found\) \(https?://[^/]+/"
-    r"api/jobs[?/ ]",
+    r"api/jobs[?/ :]",
+    r"^(\[Jobs API\] Error fetching jobs|Failed to fetch (queue|history)[^:]*): JobsApiError: Failed to fetch jobs: 404",
     r"^Fetch API cannot load .* Refused to connect because it violates the document's Content Security Policy",
     r"^Refused to connect to '[^']+' because it violates the following Content Security Policy directive",
 )
