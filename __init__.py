@@ -4,7 +4,7 @@ Guarded: outside ComfyUI (no `comfy_api`) this package imports cleanly and regis
 `linear_core` stays usable as a plain library and in tests.
 """
 try:
-    import comfy_api.latest  # noqa: F401
+    import comfy_api.v0_0_2  # noqa: F401  (the node API version the pack uses: nodes/node_api.py)
 except ImportError:
     __all__: list[str] = []
 else:

@@ -70,7 +70,10 @@ class LineARLayer(CacheLayerMixin):
         self.unindexed = 0  # tokens written in static mode whose raster index is not recorded yet
 
     # -- transformers Cache layer API ---------------------------------------------------------
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    # It changed between 4.56 and 5.x: `lazy_initialization` gained ``value_states``,
+    # `get_mask_sizes` takes the query length instead of ``cache_position``, and
+    # `get_max_cache_shape` became `get_max_length`. Both forms are accepted here.
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
         """Buffers are allocated up front; nothing to do."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -132,13 +135,17 @@ class LineARLayer(CacheLayerMixin):
     def get_seq_length(self) -> int:
         return self.written
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query: int | torch.Tensor) -> tuple[int, int]:
+        """``query``: the query length (5.x) or the queries' ``cache_position`` (4.x)."""
+        query_length = query if isinstance(query, int) else query.shape[0]
         # Physical keys after this update, and the shift that maps physical slot j to a logical
         # position that is causal-comparable with the queries' logical positions.
         return self.length + query_length, self.written - self.length
 
     def get_max_length(self) -> int:
         return self.capacity
+
+    get_max_cache_shape = get_max_length  # its 4.x name
 
     def reset(self) -> None:
         self.length = self.written = self.unindexed = 0

@@ -102,7 +102,7 @@ def load_folder_tokenizer(folder: Path):
                          "folder; copy the tokenizer files of the same release beside config.json.")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, ImportError) as error:  # 4.x: a config naming absent vocab files
         raise ValueError(f"{folder.name} has no usable tokenizer (tokenizer.json / tokenizer_config.json from the "
                          f"same release must sit beside the weights): {error}") from None
 

@@ -5,7 +5,7 @@ imported at the top of each node module.
 """
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
+from .node_api import ComfyExtension, io
 
 from .cache_map import LineARCacheMap
 from .cache_settings import LineARCacheSettings

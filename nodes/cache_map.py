@@ -1,7 +1,7 @@
 """LineAR Cache Map: which image tokens the cache still held when the run ended, as an IMAGE."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .node_api import io
 
 from ..linear_core.cachemap import render_cache_map
 from ..linear_core.pipeline import ImageBatch

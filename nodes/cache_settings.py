@@ -1,7 +1,7 @@
 """LineAR Cache Settings: policy, budget and the LineAR knobs → cache wire."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .node_api import io
 
 from ..linear_core.compressor import CFG_MODES, HEAD_SHARING
 from ..linear_core.layout import Budget

@@ -1,7 +1,7 @@
 """LineAR Model Loader: a model from ``models/linear_ar`` (or the built-in demo) → model wire."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .node_api import io
 
 from ..linear_core.demo import DEMO_NAME
 from . import checks

@@ -1,5 +1,5 @@
 """The custom wire types of the pack (prefixed, so they never connect to another pack's sockets)."""
-from comfy_api.latest import io
+from .node_api import io
 
 ModelSocket = io.Custom("LINEAR_AR_MODEL")
 CacheSocket = io.Custom("LINEAR_AR_CACHE")

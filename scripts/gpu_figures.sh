@@ -5,7 +5,9 @@
 # still returns what it finished.
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
-#       janus-vs-transformers spec-lumina-768 spec-janus-7b (default: all, in that order).
+#       janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest (default: all, in that order).
+# `tests-transformers-oldest` runs the engine and family tests on CUDA under the oldest supported
+# transformers (4.56.2, as .ci/run does on CPU): the Cache-layer compatibility on the static step.
 # Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
 # time against the roofline; `decode-modes` compares eager, CUDA graph and inductor + CUDA graph on
 # Janus-Pro-1B x128, and `janus-7b-batch1` puts one 7B image against transformers' generate.
@@ -21,7 +23,7 @@ budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
 ((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
-  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b)
+  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -68,6 +70,14 @@ for name in "${steps[@]}"; do
       --budget 1/6 --speculative jacobi --window 16; done ;;
     spec-janus-7b) for b in 1 8; do bench "$name-b$b" 120 --arch janus-pro-7b --batch $b --policies full,linear \
       --budget 1/6 --speculative jacobi --window 16; done ;;
+    tests-transformers-oldest)
+      oldest=$(mktemp -d)  # beside $work, not in it: $work is packed after each step
+      "$py" -m pip install -q --no-deps --target "$oldest" transformers==4.56.2 tokenizers==0.22.2 \
+        huggingface_hub==0.36.2 >"$work/tf-oldest.pip" 2>&1
+      step "$name" 240 env LINEAR_TEST_DEVICE="$device" PYTHONPATH="$oldest" "$py" -m pytest -q -rs \
+        -p no:cacheprovider tests/test_engine.py tests/test_llamagen.py tests/test_janus.py tests/test_lumina.py \
+        tests/test_emu3.py tests/test_static_step.py -k "not cli"
+      rm -rf "$oldest" ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac
 done

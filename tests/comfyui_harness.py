@@ -308,7 +308,9 @@ class ComfyServer:
 
     ``linear_ar_dir``: the folder ComfyUI lists as ``linear_ar`` (via ``extra_model_paths.yaml`` and
     ``--extra-model-paths-config``); default ``<base_dir>/models/linear_ar``. ``extra_model_paths``:
-    further ``{folder_name: path}`` entries. ``extra_args``: more ``main.py`` flags. ``env``: environment
+    further ``{folder_name: path}`` entries. ``extra_args``: more ``main.py`` flags.
+    ``$LINEAR_FRONTEND_ROOT`` (the ``static`` folder of a ``comfyui-frontend-package``) serves that
+    frontend instead of the pinned one. ``env``: environment
     overrides (``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1`` are set by default: nothing may reach a
     hub). ``disable_api_nodes``: pass ``--disable-api-nodes`` (default; keeps the paid-API nodes, which
     need the internet, out of the node list and the log).
@@ -413,6 +415,12 @@ class ComfyServer:
                "--database-url", f"sqlite:///{self.base_dir / 'comfyui.db'}"]
         if self.disable_api_nodes:
             cmd.append("--disable-api-nodes")
+        frontend = os.environ.get("LINEAR_FRONTEND_ROOT")
+        if frontend:  # another frontend than the one ComfyUI pins (see README, "Frontends tested")
+            if not (Path(frontend) / "index.html").is_file():
+                raise RuntimeError(f"LINEAR_FRONTEND_ROOT={frontend!r} has no index.html: point it at the "
+                                   "`static` folder of an installed comfyui-frontend-package")
+            cmd += ["--front-end-root", str(Path(frontend).resolve())]
         cmd += self.extra_args
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # never let the repo's `nodes/` or `tests/` shadow ComfyUI modules

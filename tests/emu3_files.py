@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tokenizer_files import byte_level_bpe
+from tokenizer_files import as_expected_by, byte_level_bpe
 
 HIDDEN = 64
 HEADS, KV_HEADS = 4, 2  # grouped-query attention, as Emu3-Gen (32 / 8)
@@ -84,7 +84,8 @@ def build_processor():
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), bos_token=BOS, eos_token=EOS,
                                         pad_token=PAD, extra_special_tokens=EXTRA_SPECIAL)
-    return Emu3Processor(Emu3ImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3), tokenizer)
+    return Emu3Processor(Emu3ImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3),
+                         as_expected_by(Emu3Processor, tokenizer))
 
 
 #: the checkpoint's key names → transformers 5.x module names

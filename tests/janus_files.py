@@ -203,7 +203,7 @@ from pathlib import Path
 
 import torch
 
-from tokenizer_files import byte_level_bpe
+from tokenizer_files import as_expected_by, byte_level_bpe
 
 #: special-token strings (exact characters: U+FF5C "｜" full-width bars, U+2581 "▁" lower one-eighth block)
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
@@ -451,7 +451,8 @@ def write_native_janus(folder: Path, seed: int = 0, shards: bool = False, grid: 
     size = PATCH * grid
     image_processor = JanusImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
                                           image_std=[0.5] * 3, do_normalize=True)
-    processor = JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+    processor = JanusProcessor(image_processor=image_processor, tokenizer=as_expected_by(JanusProcessor, tokenizer),
+                               chat_template=CHAT_TEMPLATE,
                                use_default_system_prompt=True, num_image_tokens=grid * grid)
     processor.save_pretrained(folder)
     # the releases declare LlamaTokenizerFast over a byte-level tokenizer.json; keep that quirk

@@ -26,6 +26,10 @@ from test_exactness import assert_line_ends_never_evicted, assert_matches_masked
 from test_static_step import assert_static_equals_eager
 
 ROOT = Path(__file__).resolve().parents[1]
+#: transformers 4.x (4.56 on) runs Emu3 here too, but its generate lays out the image part differently
+#: (a shorter answer, the closing tokens sampled rather than forced: measured on 4.56.2), so the
+#: parity with transformers' own generate is checked on 5.x only
+TRANSFORMERS_4 = int(__import__("transformers").__version__.split(".")[0]) < 5
 PROMPT = "a red fox in the snow"
 GRID = RESOLUTION // 8
 
@@ -114,6 +118,7 @@ def transformers_generate(model, batch: int, cfg: float, top_k: int, seed: int, 
     return out[:, inputs.input_ids.shape[1]:].cpu(), reference, processor
 
 
+@pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x's Emu3 generate is not the reference (see TRANSFORMERS_4)")
 @pytest.mark.parametrize("cfg,top_k,negative,decode", [(3.0, 2048, "", "auto"), (2.0, 5, "blurry", "eager")])
 def test_full_policy_gives_transformers_generate_tokens_and_images(pipeline, cfg, top_k, negative, decode):
     ours = pipeline.generate(PROMPT, negative, batch=2, settings=CacheSettings("full"), cfg=cfg,
@@ -204,7 +209,11 @@ def test_wrong_or_incomplete_folders_are_explained(tmp_path, folder):
     with pytest.raises(ValueError, match="no usable tokenizer: none of tokenizer.json"):
         load_emu3(no_tokenizer)
     (no_tokenizer / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
-    with pytest.raises(ValueError, match="no usable Emu3 processor: processor_config.json"):
+    # 5.x builds an (empty) tokenizer from that config alone, so the missing processor is named; 4.x
+    # looks for the vocabulary files the config implies, so the tokenizer is
+    missing = ("no usable tokenizer .*tokenizer_config.json" if TRANSFORMERS_4
+               else "no usable Emu3 processor: processor_config.json")
+    with pytest.raises(ValueError, match=missing):
         load_emu3(no_tokenizer)
     original = tmp_path / "Emu3-Gen"
     original.mkdir()

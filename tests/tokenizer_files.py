@@ -33,3 +33,16 @@ def byte_level_bpe(merged_words: tuple[str, ...], special: list[str], added: lis
     if tokenizer.get_vocab_size() > limit:
         raise AssertionError("the tiny tokenizer outgrew the embedding table")
     return tokenizer
+
+
+def as_expected_by(processor_class: type, tokenizer):
+    """``tokenizer`` presented as the fast tokenizer class ``processor_class`` asks for: transformers 4.x
+    processors check it (Janus: ``LlamaTokenizerFast``, Emu3: ``GPT2TokenizerFast``, the classes the
+    releases name), 5.x does not. The byte-level tokenizer underneath is unchanged."""
+    import transformers
+
+    wanted = getattr(processor_class, "tokenizer_class", None)
+    wanted = wanted[-1] if isinstance(wanted, tuple) else wanted
+    if isinstance(wanted, str) and not isinstance(tokenizer, getattr(transformers, wanted)):
+        tokenizer.__class__ = getattr(transformers, wanted)
+    return tokenizer

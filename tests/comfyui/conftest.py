@@ -2,7 +2,9 @@
 
 Every test in ``tests/comfyui/`` gets the ``comfyui`` marker (``pytest -m "not comfyui"`` skips the
 tier); ``LINEAR_SKIP_COMFYUI=1`` skips it too. Otherwise a server that cannot be provisioned or started
-is an error, not a skip. ``browser`` skips only when no Chromium is installed.
+is an error, not a skip. ``browser`` skips only when no Chromium is installed; every test that uses it
+runs twice, on the classic canvas and in Nodes 2.0, and gets the ``browser`` marker (``pytest -m
+browser`` runs only those, e.g. against another frontend: see ``LINEAR_FRONTEND_ROOT``).
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ SCREENSHOT_DIR = REPO_ROOT / "out" / "comfyui"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: runs a real ComfyUI server (tests/comfyui/)")
+    config.addinivalue_line("markers", "browser: drives the real frontend in headless Chromium")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.comfyui)
+            if "browser" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +49,15 @@ def comfy_server():
         server.stop()
 
 
-@pytest.fixture
-def browser(comfy_server):
-    """A fresh headless Chromium with the ComfyUI page open (``app.graph`` exists)."""
+@pytest.fixture(params=["classic", "nodes2"])
+def browser(comfy_server, request):
+    """A fresh headless Chromium with the ComfyUI page open (``app.graph`` exists), on the classic
+    canvas or with Nodes 2.0 (``Comfy.VueNodes.Enabled``), where nodes are DOM elements."""
     if chromium_executable() is None:
         pytest.skip("no Chromium: install the Debian package `chromium` (or set LINEAR_CHROMIUM)")
     with Browser(comfy_server) as b:
-        b.open()
+        b.open(vue_nodes=request.param == "nodes2")
+        assert b.vue_nodes == (request.param == "nodes2"), "the frontend ignored Comfy.VueNodes.Enabled"
         yield b
 
 

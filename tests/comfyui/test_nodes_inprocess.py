@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import sys
 import uuid
 from pathlib import Path
@@ -63,19 +64,25 @@ class Comfy:
         folder_paths.add_model_folder_path("linear_ar", str(models))
         self.progress: list[tuple[int, int, object]] = []
         self.interrupt_at: int | None = None
+        self.throttled = False
         comfy.utils.set_progress_bar_global_hook(self._hook)
 
     def _hook(self, value, total, preview, prompt_id=None, node_id=None) -> None:
-        """What ComfyUI's server hook does, recorded: every update is a cancellation point."""
+        """What ComfyUI's server hook does, recorded: every update that gets through is a cancellation
+        point. ``throttled``: newer ComfyUI's throttle in front of it (first and last update, previews,
+        else ≥ 0.1 s and ≥ 0.5 % since the last one); simulated with a clock that never reaches 0.1 s,
+        its strictest case."""
+        if self.throttled and not (self.progress == [] or value >= total or preview is not None):
+            return
         self.progress.append((value, total, preview))
         if self.interrupt_at is not None and value >= self.interrupt_at:
             self.mm.interrupt_current_processing(True)
         self.mm.throw_exception_if_processing_interrupted()
 
-    def run(self, prompt: dict, interrupt_at: int | None = None):
+    def run(self, prompt: dict, interrupt_at: int | None = None, throttled: bool = False):
         recorder = RecordingServer()
         self.server_module.PromptServer.instance = recorder
-        self.progress, self.interrupt_at = [], interrupt_at
+        self.progress, self.interrupt_at, self.throttled = [], interrupt_at, throttled
         try:
             prompt_id = str(uuid.uuid4())
             valid, error, outputs, node_errors = self.loop.run_until_complete(
@@ -206,6 +213,40 @@ def test_interrupt_stops_the_run_and_frees_its_cache(comfy):
     assert live_cache_buffers() == 0
     executor, server, _ = comfy.run(graph(batch=1, label="digit 4"))
     assert executor.success
+
+
+@pytest.mark.parametrize("throttled", [False, True], ids=["hook-0.3.75", "throttled-hook"])
+def test_cancel_at_a_random_token_stops_before_the_next_one(comfy, monkeypatch, throttled):
+    """Cancel pressed while token k is computed (the flag is set inside the k-th decode forward): no
+    further token is fed, whether or not the progress hook lets that update through."""
+    sampler = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS["LineAR_ClassSampler"].__module__]
+    session_class = sys.modules[sampler.Callbacks.__module__].DecodeSession
+    fed: list[int] = []
+    cancel_at = random.Random().randrange(1, 255)  # of the 255 decode forwards of a 16×16 image
+
+    def counted(step):
+        def wrapper(self, *args, **kwargs):
+            fed.append(len(fed) + 1)
+            if len(fed) == cancel_at:
+                comfy.mm.interrupt_current_processing(True)  # what POST /interrupt does
+            return step(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("feed", "sample_next"):
+        monkeypatch.setattr(session_class, name, counted(getattr(session_class, name)))
+    executor, server, _ = comfy.run(graph(batch=1), throttled=throttled)
+    assert not executor.success and any(event == "execution_interrupted" for event, _ in server.events)
+    assert len(fed) == cancel_at, f"Cancel during forward {cancel_at} let {len(fed) - cancel_at} more run"
+    assert server.of("linear_ar.stats") == [] and live_cache_buffers() == 0
+
+
+def test_progress_bar_is_thinned_to_about_a_hundred_updates(comfy):
+    executor, server, _ = comfy.run(graph(batch=1))
+    assert executor.success
+    values = [value for value, _, _ in comfy.progress]
+    assert values[0] == 1 and values[-1] == 256  # the first and the last token are always shown
+    assert 80 <= len(values) <= 110, len(values)  # 256 tokens, not a message each: every 3rd + 8 previews
+    assert max(b - a for a, b in zip(values, values[1:])) <= 3
 
 
 def test_budget_too_small_is_a_node_error_that_names_the_fix(comfy):

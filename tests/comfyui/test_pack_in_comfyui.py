@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from llamagen_files import tiny_vq_state, upstream_state
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler", "LineAR_TextSampler",
             "LineAR_CacheMap"]
+SAMPLERS = {"LineAR_ClassSampler", "LineAR_TextSampler"}
 #: what each workflow must produce: SaveImage pictures (count, side in px) and stats texts
 EXPECTED = {
     "linear_ar_demo_digits.json": {"images": (4, 128), "stats": 1},
@@ -67,17 +69,66 @@ def test_object_info_lists_every_node_and_the_models_folder(server):
     assert sorted(templates[PACK_FOLDER]) == sorted(p.stem for p in WORKFLOWS)
 
 
+def fresh_seeds(browser) -> None:
+    """A new seed on every sampler, so that no run of the same workflow (in the other node design, or
+    on the other frontend) is served from ComfyUI's output cache, which would send no events."""
+    browser.evaluate("""(samplers) => {
+        for (const node of window.app.graph._nodes.filter(n => samplers.includes(n.comfyClass)))
+            node.widgets.find(w => w.name === "seed").value = Math.floor(Math.random() * 2 ** 31);
+    }""", sorted(SAMPLERS))
+
+
+def strip_of(browser, node_id: str) -> dict:
+    """The KV strip of a sampler as the user sees it, after centring the view on the node: its text,
+    whether it is rendered (`checkVisibility`: laid out, not hidden, not transparent), whether it is
+    what the page shows at its centre (nothing, the canvas included, covers it) and whether it sits
+    inside the node's DOM element (Nodes 2.0) rather than over the canvas (classic)."""
+    browser.evaluate("(id) => { const app = window.app; app.canvas.centerOnNode(app.graph.getNodeById(Number(id)));"
+                     " app.canvas.setDirty(true, true); }", node_id)
+    browser.page.wait_for_timeout(400)  # a few frames: the canvas (classic) or Vue (Nodes 2.0) places it
+    return browser.evaluate("""(id) => {
+        const el = window.app.graph.getNodeById(Number(id)).linearStrip?.element;
+        const count = [...document.querySelectorAll(".linear-ar-strip")].filter(other => other === el).length;
+        if (count !== 1) return {count};
+        const box = el.getBoundingClientRect();
+        const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+        return {count: 1, text: el.textContent, width: box.width, height: box.height,
+                rendered: el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}),
+                on_top: !!hit && el.contains(hit), in_node: !!el.closest("[data-node-id]")};
+    }""", node_id)
+
+
+def assert_strip_shows(browser, node_id: str, pattern: str) -> dict:
+    strip = strip_of(browser, node_id)
+    assert strip["count"] == 1, strip
+    assert strip["rendered"] and strip["on_top"] and strip["width"] > 100 and strip["height"] >= 14, strip
+    assert strip["in_node"] == browser.vue_nodes, strip  # Nodes 2.0 mounts it in the node's element
+    assert re.fullmatch(pattern, strip["text"]), strip
+    return strip
+
+
+#: the strip after a run: "KV 0.02 / 0.06 MiB full · −68.2% · 123.4 tok/s"
+STATS_STRIP = r"KV [0-9.]+ / [0-9.]+ MiB full · −([0-9.]+)% · [0-9.]+ tok/s"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_loads_converts_and_runs(server, browser, path):
+    """Every example, in both node designs: loaded and converted by the frontend, queued from the page,
+    run; its images carry the graph and the run, and each sampler's strip shows the saving its stats
+    text reports."""
     workflow = json.loads(path.read_text())
     assert any(node["type"] == "Note" for node in workflow["nodes"]), "every example explains itself in a note"
     browser.load_workflow(workflow)
+    fresh_seeds(browser)
     prompt = browser.graph_to_prompt()
     used = {node["type"] for node in workflow["nodes"] if node["type"] != "Note"}
     assert {node["class_type"] for node in prompt.values()} == used
+    samplers = [node_id for node_id, node in prompt.items() if node["class_type"] in SAMPLERS]
+    for node_id in samplers:
+        assert_strip_shows(browser, node_id, "KV stats appear here after a run")
     assert browser.unexpected_console_errors() == [] and browser.page_errors == []
 
-    entry = server.run(prompt, timeout=600, workflow=workflow)
+    entry = server.wait(browser.queue(), timeout=600)
     assert entry["status"]["status_str"] == "success", entry["status"]
     expected = EXPECTED[path.name]
     saved = [(img, node["inputs"]["images"][0]) for node_id, node in prompt.items()
@@ -91,18 +142,31 @@ def test_example_workflow_loads_converts_and_runs(server, browser, path):
         inputs = prompt[sampler]["inputs"]
         policy = prompt[inputs["cache"][0]]["inputs"]["policy"] if "cache" in inputs else "linear"
         assert (run["policy"], run["seed"], run["batch"]) == (policy, inputs["seed"], inputs["batch_size"])
-    stats = [entry["outputs"][node_id]["text"][0] for node_id, node in prompt.items()
-             if node["class_type"] == "PreviewAny"]
-    assert len(stats) == expected["stats"] and all("KV cache" in text and "% saved" in text for text in stats)
+    stats = {node["inputs"]["source"][0]: entry["outputs"][node_id]["text"][0] for node_id, node in prompt.items()
+             if node["class_type"] == "PreviewAny"}
+    assert len(stats) == expected["stats"] and all("KV cache" in text and "% saved" in text for text in stats.values())
+    for node_id in samplers:
+        saving = re.fullmatch(STATS_STRIP, assert_strip_shows(browser, node_id, STATS_STRIP)["text"]).group(1)
+        assert f"({saving}% saved)" in stats[node_id]  # the page's figure is the server's, formatted by the JS
     if path.name == "linear_ar_compare_policies.json":
-        by_policy = {text.split("policy ")[1].split(":")[0]: text for text in stats}
+        by_policy = {text.split("policy ")[1].split(":")[0]: text for text in stats.values()}
         assert "(0.0% saved)" in by_policy["full"]
         assert "64 of 256 image tokens" in by_policy["linear"] and "64 of 256" in by_policy["streaming"]
+    assert browser.unexpected_console_errors() == [] and browser.page_errors == []
 
 
 def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, screenshot_dir):
+    """During the run the strip counts the lines, after it shows the stats: recorded from the DOM."""
     browser.record_events("linear_ar.progress", "linear_ar.stats")
     browser.load_workflow(json.loads((REPO_ROOT / "workflows" / "linear_ar_demo_digits.json").read_text()))
+    fresh_seeds(browser)
+    (sampler,) = [node_id for node_id, node in browser.graph_to_prompt().items() if node["class_type"] in SAMPLERS]
+    browser.evaluate("""(id) => {
+        window.__linearStripTexts = [];
+        const el = window.app.graph.getNodeById(Number(id)).linearStrip.element;
+        new MutationObserver(() => window.__linearStripTexts.push(el.textContent))
+            .observe(el, {subtree: true, childList: true, characterData: true});
+    }""", sampler)
     started = time.perf_counter()
     entry = server.wait(browser.queue(), timeout=600)
     seconds = time.perf_counter() - started
@@ -110,17 +174,16 @@ def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, sc
     lines = [event["detail"]["line"] for event in browser.events("linear_ar.progress")]
     assert lines == list(range(1, 17))
     (stats,) = [event["detail"] for event in browser.events("linear_ar.stats")]
-    shown = browser.evaluate("""() => {
-        const node = window.app.graph._nodes.find(n => n.comfyClass === "LineAR_ClassSampler");
-        return {stats: node.linearStats ?? null, progress: node.linearProgress ?? null};
-    }""")
-    assert shown["progress"] is None and shown["stats"]["kv_saving"] == stats["kv_saving"] > 0.5
-    browser.evaluate("() => window.app.canvas.setDirty(true, true)")
-    browser.page.wait_for_timeout(500)
-    shot = browser.screenshot(screenshot_dir / "demo_workflow.png")
+    shown = browser.evaluate("() => window.__linearStripTexts")
+    assert [text for text in shown if text.startswith("line ")] == [f"line {n} / 16" for n in range(1, 17)]
+    assert re.fullmatch(STATS_STRIP, shown[-1])
+    strip = assert_strip_shows(browser, sampler, STATS_STRIP)
+    assert f"−{stats['kv_saving'] * 100:.1f}%" in strip["text"] and stats["kv_saving"] > 0.5
+    mode = "nodes2" if browser.vue_nodes else "classic"
+    shot = browser.screenshot(screenshot_dir / f"demo_workflow_{mode}.png")
     assert shot.stat().st_size > 20_000
     assert browser.unexpected_console_errors() == [] and browser.page_errors == []
-    print(f"\ndemo workflow in ComfyUI (CPU): {seconds:.1f} s, KV saving {stats['kv_saving']:.1%}, "
+    print(f"\ndemo workflow in ComfyUI (CPU, {mode}): {seconds:.1f} s, KV saving {stats['kv_saving']:.1%}, "
           f"{stats['peak_kv_bytes']} of {stats['full_kv_bytes']} bytes")
 
 
