@@ -5,10 +5,13 @@
 # still returns what it finished.
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
-#       janus-vs-transformers (default: all, in that order).
+#       janus-vs-transformers sample-llamagen-xl (default: all, in that order).
 # Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
 # time against the roofline; `decode-modes` compares eager, CUDA graph and inductor + CUDA graph on
 # Janus-Pro-1B x128, and `janus-7b-batch1` puts one 7B image against transformers' generate.
+# `sample-llamagen-xl` times `sample` end to end (LlamaGen-XL 384 px, LineAR 1/6, batch 256, bf16,
+# 2,560 images) on random weights written in LlamaGen's file layout; 50,000 images take
+# 50000 / images_per_s seconds. Its weights and images go to a scratch folder, not the archive.
 # Caps: the eager step took 39 ms on an H200 (Janus-Pro-1B x128 and 7B x64 alike), so an eager run
 # of 576 tokens is ~25 s; the static runs should take a few seconds each. Tests took ~110 s.
 # PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
@@ -18,7 +21,7 @@ budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
 ((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
-  decode-modes janus-vs-transformers)
+  decode-modes janus-vs-transformers sample-llamagen-xl)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -61,6 +64,12 @@ for name in "${steps[@]}"; do
     decode-modes) bench "$name" 200 --arch janus-pro-1b --batch 128 --policies linear --budget 1/6 \
       --decode eager,static,compiled ;;
     janus-vs-transformers) bench "$name" 200 --arch janus-pro-1b --vs-transformers --batch 16 --budget 1/4,1/6 ;;
+    sample-llamagen-xl)
+      scratch=$(mktemp -d)
+      step "$name" 480 bash -c "'$py' scripts/random_llamagen.py '$scratch' && '$py' -m linear_core sample --json \
+        --model '$scratch/c2i_XL_384.safetensors' --vq '$scratch/vq_ds16_c2i.safetensors' --device '$device' \
+        --dtype bf16 --policy linear --budget 1/6 --batch 256 --num-images 2560 --out '$scratch/samples'"
+      rm -rf "$scratch" ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac
 done
