@@ -29,8 +29,8 @@ def add_parsers(sub, model_options: Options, cache_options: Options) -> None:
     model_options(sample)
     sample.add_argument("--out", required=True, help="folder for the PNGs, samples.npz, manifest.jsonl and run.json")
     sample.add_argument("--classes", default=None,
-                        help=f"class-conditional: 'all' (default) or ids / names separated by commas; image i "
-                             f"draws class i mod their count")
+                        help="class-conditional: 'all' (default) or ids / names separated by commas; image i "
+                             "draws class i mod their count")
     sample.add_argument("--prompts", default=None,
                         help="text-to-image: a .txt (one prompt a line), .json (list, or objects with id and "
                              "prompt/caption) or .csv/.tsv (header with id and prompt/caption columns)")

@@ -20,7 +20,6 @@ INSTALL = "pip install torch-fidelity==0.4.0"
 
 def _fidelity():
     try:
-        import torch_fidelity  # noqa: F401
         from torch_fidelity import metric_fid, metric_isc, registry, utils
     except ImportError:
         raise ValueError(f"evaluate needs torch-fidelity: {INSTALL}") from None

@@ -2,6 +2,7 @@
 resumed, the evaluators' formats, and bad input."""
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from PIL import Image
 from linear_core.cli import main
 from linear_core.images import to_pil
 from linear_core.pipeline import load_pipeline
+from linear_core.progress import Progress
 from linear_core.settings import CacheSettings
 from linear_core.worklist import read_prompts
 
@@ -187,3 +189,23 @@ def test_prompt_lists_in_the_formats_they_ship_in(tmp_path):
         (tmp_path / name).write_text(body)
         with pytest.raises(ValueError, match=message):
             read_prompts(tmp_path / name)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_images_elsewhere():
+    log = io.StringIO()
+    progress = Progress(250, start=10, every=100, stream=log, interactive=False)
+    for done in range(10, 251, 15):
+        progress.update(done)
+    progress.update(250)
+    progress.close()
+    lines = log.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["115/250", "220/250", "250/250"]
+    assert all("images/s" in line and "left" in line for line in lines)
+    bar = io.StringIO()
+    progress = Progress(250, stream=bar, interactive=True)
+    progress.update(125)
+    progress.close()
+    assert bar.getvalue().startswith("\r 50.0% |###############") and "125/250" in bar.getvalue()
+    quiet = io.StringIO()
+    Progress(250, stream=quiet, interactive=False, enabled=False).update(250)  # the other processes
+    assert quiet.getvalue() == ""
