@@ -186,6 +186,7 @@ def draw(run: SampleRun, state, generate: Callable[[list[WorkItem]], object], ba
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
+    t_all = time.perf_counter()
     progress.update(run.done_count())
     progress.close()
     manifest, npz = run.assemble()
@@ -197,7 +198,8 @@ def draw(run: SampleRun, state, generate: Callable[[list[WorkItem]], object], ba
         "processes": state.num_processes, "manifest": manifest.name, "npz": npz.name,
         "seconds": wall_s, "images_per_s": new / max(wall_s, 1e-9),
         "main_process": {"images": run.times.images, "generate_s": run.times.generate_s,
-                         "write_s": run.times.write_s, "loop_s": loop_s, "assemble_s": t_end - t_loop,
+                         "write_s": run.times.write_s, "loop_s": loop_s, "wait_s": t_all - t_loop,
+                         "assemble_s": t_end - t_all,
                          "outside_generation": 1.0 - run.times.generate_s / max(wall_s, 1e-9)},
     }
 
@@ -212,6 +214,7 @@ def format_report(report: dict) -> str:
         f"{report['processes']} process{'es' if report['processes'] > 1 else ''}: {report['images_per_s']:.2f} images/s "
         f"over {report['seconds']:.1f} s" + (f" (after {report['load_s']:.1f} s loading the model)" if "load_s" in report else ""),
         f"main process: {main['images']} images, generation {main['generate_s']:.1f} s, PNG writing "
-        f"{main['write_s']:.1f} s, .npz + manifest {main['assemble_s']:.1f} s; "
+        f"{main['write_s']:.1f} s, waiting for the others {main['wait_s']:.1f} s, .npz + manifest "
+        f"{main['assemble_s']:.1f} s; "
         f"{main['outside_generation'] * 100:.1f}% of the time outside generation",
     ])

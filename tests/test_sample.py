@@ -209,3 +209,28 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_images_elsewhere():
     quiet = io.StringIO()
     Progress(250, stream=quiet, interactive=False, enabled=False).update(250)  # the other processes
     assert quiet.getvalue() == ""
+
+
+def test_text_to_image_prompts_file(tmp_path, capsys):
+    """A tiny Janus-Pro folder and a CSV with ids: 3 images per prompt, batches of 2 that never mix
+    prompts; an image equals the one drawn alone with its prompt and seed."""
+    from janus_files import write_native_janus
+
+    folder = write_native_janus(tmp_path / "Janus-Pro-tiny")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("id,prompt\nfox-1,a red fox\n42,a blue whale in the sea\n")
+    out = tmp_path / "t2i"
+    argv = ["sample", "--model", str(folder), "--prompts", str(prompts), "--images-per-prompt", "3", "--batch", "2",
+            "--out", str(out), "--json", "--device", "cpu", "--budget", "1/4", "--seed", "9"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    names = [f"{i:06d}_{tag}.png" for i, tag in enumerate(["fox-1"] * 3 + ["42"] * 3)]
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(line["prompt_id"], line["prompt"], line["seed"]) for line in lines] == \
+        [("fox-1", "a red fox", 9 + i) for i in range(3)] + [("42", "a blue whale in the sea", 9 + i) for i in range(3, 6)]
+    assert np.load(out / "samples.npz")["arr_0"].shape[0] == 6
+    pipeline = load_pipeline(folder, device="cpu")
+    alone = pipeline.generate("a blue whale in the sea", "", 1, CacheSettings(policy="linear", budget="1/4"), seed=[13])
+    assert np.array_equal(np.asarray(to_pil(alone.images[0])), pixels(out / names[4]))
+    assert not np.array_equal(pixels(out / names[3]), pixels(out / names[4]))
