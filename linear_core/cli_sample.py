@@ -53,7 +53,8 @@ def add_parsers(sub, model_options: Options, cache_options: Options) -> None:
 
     ev = sub.add_parser("evaluate", help="FID (and Inception Score) of a sample folder or .npz via torch-fidelity")
     ev.add_argument("samples", help="a folder written by 'sample', or an .npz with arr_0")
-    ev.add_argument("--ref", required=True, help="reference .npz: statistics (mu, sigma; ADM's reference batches) or images (arr_0)")
+    ev.add_argument("--ref", required=True,
+                    help="reference .npz: statistics (mu, sigma; ADM's reference batches) or images (arr_0)")
     ev.add_argument("--inception", required=True,
                     help="local Inception weights for torch-fidelity (pt_inception-2015-12-05-6726825d.pth)")
     ev.add_argument("--isc", action="store_true",
@@ -63,19 +64,19 @@ def add_parsers(sub, model_options: Options, cache_options: Options) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _settings_record(args: argparse.Namespace, pipeline, cache: CacheSettings, items: list[WorkItem],
-                     cfg: float, sampling) -> dict:
+def _settings_record(args: argparse.Namespace, pipeline, cache: CacheSettings, count: int, cfg: float, sampling,
+                     classes: list[int] | None) -> dict:
     """Everything that decides the images: what ``run.json`` keeps and a resume must repeat."""
     record = {"format": 1, "model": pipeline.name, "family": pipeline.family, "vq": args.vq and Path(args.vq).name,
               "grid": args.grid, "resolution": args.resolution, "heads": args.heads, "dtype": args.dtype,
-              **asdict(cache), "budget": args.budget, "cfg": cfg, "temperature": sampling.temperature, "top_k": sampling.top_k,
-              "top_p": sampling.top_p, "seed": args.seed, "num_images": len(items)}
-    if isinstance(pipeline, TextToImagePipeline):
+              **asdict(cache), "budget": args.budget, "cfg": cfg, "temperature": sampling.temperature,
+              "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "num_images": count}
+    if classes is None:
         data = Path(args.prompts).read_bytes()
         record.update(prompts=Path(args.prompts).name, prompts_sha256=hashlib.sha256(data).hexdigest(),
                       images_per_prompt=args.images_per_prompt, negative_prompt=args.negative_prompt)
     else:
-        record["classes"] = sorted({item.label for item in items})
+        record["classes"] = classes  # in the order given: image i draws classes[i mod their count]
     return record
 
 
@@ -95,16 +96,18 @@ def run_sample(args: argparse.Namespace, cache: CacheSettings) -> dict:
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     cfg = pipeline.defaults.cfg if args.cfg is None else args.cfg
     text = isinstance(pipeline, TextToImagePipeline)
-    if text and prompts is None:
-        raise ValueError(f"{pipeline.name} draws from text: give --prompts FILE.")
+    if text and (prompts is None or args.classes is not None):
+        raise ValueError(f"{pipeline.name} draws from text: give --prompts FILE (not --classes).")
     if not text and prompts is not None:
         raise ValueError(f"{pipeline.name} is class-conditional: give --classes instead of --prompts.")
+    classes = None
     if text:
         items = prompt_items(prompts, args.images_per_prompt, args.num_images, args.seed)
     else:
         classes = parse_classes(args.classes or "all", pipeline.label, len(pipeline.class_names))
         items = class_items(classes, pipeline.class_names, args.num_images, args.seed)
-    run = SampleRun(Path(args.out), _settings_record(args, pipeline, cache, items, cfg, sampling), items)
+    record = _settings_record(args, pipeline, cache, len(items), cfg, sampling, classes)
+    run = SampleRun(Path(args.out), record, items)
     run.check_folder(args.resume)
     load_s = time.perf_counter() - t0
 

@@ -79,7 +79,8 @@ def evaluate(samples: str | Path, reference: str | Path, weights: str | Path | N
     Inception Score, using torch-fidelity's ``extractor`` loaded from ``weights``."""
     metric_fid, metric_isc, registry, utils = _fidelity()
     if extractor not in registry.FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"unknown feature extractor {extractor!r}; registered: {', '.join(registry.FEATURE_EXTRACTORS_REGISTRY)}.")
+        known = ", ".join(registry.FEATURE_EXTRACTORS_REGISTRY)
+        raise ValueError(f"unknown feature extractor {extractor!r}; registered: {known}.")
     if weights is None or not Path(weights).is_file():
         raise ValueError(f"--inception {weights!s}: give the local weights file of {extractor} (for Inception: "
                          "pt_inception-2015-12-05-6726825d.pth, as torch-fidelity publishes it); nothing is downloaded.")

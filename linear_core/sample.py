@@ -76,7 +76,8 @@ class SampleRun:
                 raise ValueError(f"{run_file} cannot be read ({error}): remove it or choose another --out.") from None
             changed = sorted(key for key in set(before) | set(self.settings) if before.get(key) != self.settings.get(key))
             if changed:
-                detail = "; ".join(f"{key}: {before.get(key)!r} there, {self.settings.get(key)!r} now" for key in changed[:4])
+                detail = "; ".join(f"{key}: {before.get(key)!r} there, {self.settings.get(key)!r} now"
+                                   for key in changed[:4])
                 raise ValueError(f"--out {str(self.folder)!r} holds another run with other settings ({detail}): "
                                  "choose another folder, or repeat that run's settings with --resume.")
             if not resume:
@@ -111,7 +112,8 @@ class SampleRun:
         """Main process, after every process finished: the manifest and the ``.npz``, from the PNGs."""
         missing = [self.path(item).name for item in self.items if not self.path(item).is_file()]
         if missing:
-            raise RuntimeError(f"{len(missing)} images are missing ({', '.join(missing[:3])}, ...): run again with --resume.")
+            raise RuntimeError(f"{len(missing)} images are missing ({', '.join(missing[:3])}, ...): "
+                               "run again with --resume.")
         manifest = self.folder / MANIFEST_FILE
         with replacing(manifest) as temporary:
             temporary.write_text("".join(json.dumps(self.record(item)) + "\n" for item in self.items))
@@ -212,7 +214,8 @@ def format_report(report: dict) -> str:
         f"wrote {report['images']} images to {report['folder']} ({report['drawn']} drawn now, {report['skipped']} "
         f"already there) + {report['npz']} + {report['manifest']}",
         f"{report['processes']} process{'es' if report['processes'] > 1 else ''}: {report['images_per_s']:.2f} images/s "
-        f"over {report['seconds']:.1f} s" + (f" (after {report['load_s']:.1f} s loading the model)" if "load_s" in report else ""),
+        f"over {report['seconds']:.1f} s"
+        + (f" (after {report['load_s']:.1f} s loading the model)" if "load_s" in report else ""),
         f"main process: {main['images']} images, generation {main['generate_s']:.1f} s, PNG writing "
         f"{main['write_s']:.1f} s, waiting for the others {main['wait_s']:.1f} s, .npz + manifest "
         f"{main['assemble_s']:.1f} s; "

@@ -124,7 +124,8 @@ def _pick(row: dict, keys: Sequence[str], what: str, where: str) -> str:
     for key in keys:
         if key in row and row[key] is not None:
             return str(row[key])
-    raise ValueError(f"{where}: an entry has no {what} (expected one of {', '.join(keys)}), found {', '.join(row) or 'nothing'}.")
+    raise ValueError(f"{where}: an entry has no {what} (expected one of {', '.join(keys)}), "
+                     f"found {', '.join(row) or 'nothing'}.")
 
 
 def _json_prompts(text: str, name: str) -> list[Prompt]:
