@@ -167,6 +167,8 @@ def test_bad_sampling_input_is_a_clear_error(tmp_path, capsys):
     assert "give --classes instead of --prompts" in capsys.readouterr().err
     assert main(["sample", "--out", out, "--classes", "11", *COMMON]) == 2
     assert "11" in capsys.readouterr().err
+    assert main(["sample", "--out", out, "--speculative", "jacobi", *COMMON]) == 2
+    assert "drop --speculative" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
 
 
