@@ -1,4 +1,4 @@
-"""Command line: ``python -m linear_core generate | fidelity | bench …``."""
+"""Command line: ``python -m linear_core generate | fidelity | bench | sample | evaluate …``."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +10,17 @@ import torch
 from . import arguments as arg
 from .archs import ARCHS
 from .bench import DECODES, format_table, run_bench
+from .cli_sample import add_parsers as add_sample_parsers, run_evaluate, run_sample
 from .demo import DEMO_NAME
 from .compressor import CFG_MODES, HEAD_SHARING
 from .devices import DTYPES, check_device
+from .evaluate import format_evaluation
 from .fidelity import fidelity_report, format_fidelity
 from .images import check_output_file, save_png
 from .janus_bench import bench_vs_transformers, format_vs_transformers
 from .pipeline import describe_summary, load_pipeline
 from .policies import POLICIES
+from .sample import format_report as format_sample
 from .settings import CacheSettings
 from .speculative import Speculation
 from .text_pipeline import TextToImagePipeline
@@ -170,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_options(bench, several=True)
     _speculative_options(bench)
     _cache_options(bench)
+    add_sample_parsers(sub, _model_options, _cache_options)
     return parser
 
 
@@ -204,7 +208,7 @@ def _check_before_loading(args: argparse.Namespace) -> None:
         check_device(args.device)
     if args.command == "generate":
         check_output_file(args.out)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
 
@@ -222,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
                                      args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile,
                                      speculative=_speculation(args))
             text = format_fidelity(report)
+        elif args.command == "sample":
+            report = run_sample(args, _settings(args, args.policy, args.budget))
+            text = format_sample(report)
+        elif args.command == "evaluate":
+            report = run_evaluate(args)
+            text = format_evaluation(report)
         elif args.vs_transformers:
             if not args.arch.startswith("janus"):
                 raise ValueError("--vs-transformers compares with transformers' Janus generate: use --arch janus-pro-1b or janus-pro-7b.")
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in decode_notes(report):
         print(f"note: {note}", file=sys.stderr)
-    print(json.dumps(report, indent=2) if args.json else text)
+    if report or text:  # a sample run's other processes have nothing to say
+        print(json.dumps(report, indent=2) if args.json else text)
     return 0
 
 

@@ -46,7 +46,8 @@ class Compressor:
     cfg_mode: CfgMode = "independent"
     #: row pairs (cond, uncond) over the cache's rows; None without CFG
     cfg_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
-    generator: torch.Generator | None = None
+    #: the random policy's draws: one generator, or one per cache row
+    generator: torch.Generator | list[torch.Generator] | None = None
 
     def __post_init__(self) -> None:
         check_choices(self.head_sharing, self.cfg_mode)

@@ -122,13 +122,26 @@ class DecodeSession:
         self.stream = build_stream(self.geometry, self.policy, self.layout, self.prefix.shape[0], compresses, pads=pads)
         self.compressor = Compressor(
             self.policy, settings.head_sharing, settings.cfg_mode, self.guidance.row_pairs(self.batch),
-            generator=torch.Generator().manual_seed((check_seed(seed) + 1) % (MAX_SEED + 1)),
+            generator=self._compression_generators(seed),
         )
         self.compression_s = 0.0
         self.compressions = 0
         self.step_impl, self.decode_note = resolve_decode(decode, compile, self.geometry, adapter.backbone)
         self.static: StaticDecoder | None = None  # built at prefill when the step is static
         self.slots_read = 0  # cache slots (per row and layer) the decode forwards' attention read
+
+    def _compression_generators(self, seed: int | Sequence[int]) -> torch.Generator | list[torch.Generator]:
+        """The random policy's generator: one for the request, or with one seed per image one per
+        cache row, seeded by that row's image, so its draws do not depend on the batch."""
+        if isinstance(seed, int):
+            return torch.Generator().manual_seed((check_seed(seed) + 1) % (MAX_SEED + 1))
+        seeds = list(seed)
+        check_seed(seeds)
+        if len(seeds) != self.batch:
+            raise ValueError(f"Give one seed, or one seed per image: {len(seeds)} seeds for {self.batch} images.")
+        interleaved = self.guidance.layout == "interleaved"
+        return [torch.Generator().manual_seed((int(seeds[r // 2 if interleaved else r % self.batch]) + 1) % (MAX_SEED + 1))
+                for r in range(self.prefix.shape[0])]
 
     # -- forwards --------------------------------------------------------------------------
     def _forward(self, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:

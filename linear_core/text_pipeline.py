@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -66,10 +67,10 @@ class TextToImagePipeline(ImagePipeline):
         return total + batch * 2 * self.model.vocab * LOGIT_WORK_BYTES
 
     def generate(self, prompt: str, negative_prompt: str = "", batch: int = 1, settings: CacheSettings = CacheSettings(),
-                 cfg: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
+                 cfg: float | None = None, sampling: SamplingConfig | None = None, seed: int | Sequence[int] = 0,
                  callbacks: Callbacks = Callbacks(), decode: str = "auto", compile: str = "auto",
                  speculative: Speculation | None = None) -> ImageBatch:
-        """``batch`` images of one prompt, decoded to RGB."""
+        """``batch`` images of one prompt, decoded to RGB; ``seed``: one for the request, or one per image."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}.")
         cfg = self.defaults.cfg if cfg is None else cfg

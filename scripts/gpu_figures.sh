@@ -5,7 +5,8 @@
 # still returns what it finished.
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
-#       janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest (default: all, in that order).
+#       janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest sample-llamagen-xl
+#       (default: all, in that order).
 # `tests-transformers-oldest` runs the engine and family tests on CUDA under the oldest supported
 # transformers (4.56.2, as .ci/run does on CPU): the Cache-layer compatibility on the static step.
 # Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
@@ -14,6 +15,9 @@
 # `spec-*` run full / LineAR / LineAR + speculative Jacobi (window 16) at batch 1 and 8: random
 # weights give the cost per forward (window of 16 vs 1 token); combine it with the acceptance
 # measured on the demo model or reported for the real models (README, "Speculative decoding").
+# `sample-llamagen-xl` times `sample` end to end (LlamaGen-XL 384 px, LineAR 1/6, batch 256, bf16,
+# 2,560 images) on random weights written in LlamaGen's file layout; 50,000 images take
+# 50000 / images_per_s seconds. Its weights and images go to a scratch folder, not the archive.
 # Caps: the eager step took 39 ms on an H200 (Janus-Pro-1B x128 and 7B x64 alike), so an eager run
 # of 576 tokens is ~25 s; the static runs should take a few seconds each. Tests took ~110 s.
 # PYTHON picks the interpreter (default python3); DEVICE the torch device (default cuda).
@@ -23,7 +27,7 @@ budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
 ((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
-  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest)
+  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest sample-llamagen-xl)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -78,6 +82,12 @@ for name in "${steps[@]}"; do
         -p no:cacheprovider tests/test_engine.py tests/test_llamagen.py tests/test_janus.py tests/test_lumina.py \
         tests/test_emu3.py tests/test_static_step.py -k "not cli"
       rm -rf "$oldest" ;;
+    sample-llamagen-xl)
+      scratch=$(mktemp -d)
+      step "$name" 480 bash -c "'$py' scripts/random_llamagen.py '$scratch' && '$py' -m linear_core sample --json \
+        --model '$scratch/c2i_XL_384.safetensors' --vq '$scratch/vq_ds16_c2i.safetensors' --device '$device' \
+        --dtype bf16 --policy linear --budget 1/6 --batch 256 --num-images 2560 --out '$scratch/samples'"
+      rm -rf "$scratch" ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac
 done

@@ -24,7 +24,8 @@ class LayerView:
     images_written: int  # image tokens whose KV is cached so far (the boundary)
     slot_scores: torch.Tensor | None  # (rows, kv_heads, V) accumulator, when the policy asked for one
     attention_fn: object = None  # () -> (rows, kv_heads, group, window, V) probabilities, computed lazily
-    generator: torch.Generator | None = None
+    #: the run's generator, or one per row (per-image seeds: a row's draws then ignore its batch)
+    generator: torch.Generator | list[torch.Generator] | None = None
     _attention: torch.Tensor | None = field(default=None, repr=False)
 
     def attention(self) -> torch.Tensor:

@@ -9,10 +9,15 @@ from .base import AnchorsAndLinesPolicy, LayerView
 @dataclass
 class RandomPolicy(AnchorsAndLinesPolicy):
     """LineAR's protected regions (anchors + recent lines); middle slots drawn uniformly from the
-    run's seeded generator."""
+    run's seeded generator (or each row's own, for per-image seeds)."""
 
     name = "random"
 
     def score(self, view: LayerView) -> torch.Tensor:
-        draws = torch.rand(view.image_index.shape, generator=view.generator, device=view.generator.device)
+        shape, generator = view.image_index.shape, view.generator
+        if isinstance(generator, list):
+            draws = torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(view.image_index.device)
+                                 for g in generator])
+        else:
+            draws = torch.rand(shape, generator=generator, device=generator.device)
         return draws.to(view.image_index.device)
