@@ -216,6 +216,10 @@ def device_map(weights: nn.Module, backbone_path: str, offloaded: list[str], mai
     for depth in range(len(parts)):
         parent = ".".join(parts[:depth])
         module = weights.get_submodule(parent) if parent else weights
+        own = [name for name, _ in module.named_parameters(recurse=False)]
+        own += [name for name, _ in module.named_buffers(recurse=False)]
+        for name in own:  # tensors held by the module itself, not by a child
+            placement[f"{parent}.{name}" if parent else name] = main
         for name, _ in module.named_children():
             full = f"{parent}.{name}" if parent else name
             if full != ".".join(parts[:depth + 1]):
