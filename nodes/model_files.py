@@ -165,15 +165,11 @@ class LoadedModel:
         the prompt of a text model, whose length sets the prefix)."""
         needed = self.pipeline.memory_required(batch, settings, cfg, **request)
         device = self.patcher.load_device
-        total = mm.get_total_memory(device) - self.patcher.model_size()
-        if needed > total:  # refused before other models are unloaded to make room for it
-            gib = 2 ** 30
-            raise ValueError(f"This run needs {needed / gib:.2f} GiB for its cache but {device} has {total / gib:.2f} "
-                             "GiB in all besides the weights: lower batch_size, the budget or the resolution.")
+        # refused before other models are unloaded to make room for it
         target = target_of(self.pipeline, cfg, request.get("prompt") or "an image")
         verdict = plan(target, mm.get_total_memory(device), batch, settings, self.pipeline.quantize, str(device))
         if not verdict.fits:  # weights + cache + activations: the planner's clear error, not an OOM halfway
-            raise ValueError(verdict.message())
+            raise ValueError(verdict.message() + " Lower batch_size or the budget, or pick a quantize in the loader.")
         mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
 
 
