@@ -120,32 +120,3 @@ def test_every_family_loads_quantized_from_its_checkpoint_format_and_generates(k
         batch = pipeline.generate(PROMPT, batch=1, settings=settings, seed=2)
     assert batch.images.shape[0] == 1 and torch.isfinite(batch.images).all()
 
-
-def test_cli_reports_weight_bytes_and_runs_modes_side_by_side(tmp_path, capsys):
-    import json
-    from linear_core.cli import main
-
-    assert main(["generate", "--model", "demo-digits", "--dtype", "bf16", "--quantize", "int8", "--label", "4",
-                 "--out", str(tmp_path / "four.png"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    expected = weight_bytes(load_pipeline("demo-digits", dtype="bf16", device="cpu", quantize="int8").weights())
-    assert report["quantize"] == "int8" and report["weight_bytes"] == expected
-    assert main(["bench", "--arch", "demo-digits", "--dtype", "bf16", "--quantize", "none,int8", "--policies", "linear",
-                 "--budget", "1/4", "--json"]) == 0
-    results = json.loads(capsys.readouterr().out)["results"]
-    plain, small = results["linear/none"], results["linear/int8"]
-    assert plain["weight_bytes"] - small["weight_bytes"] == sum(
-        l.weight.numel() * 2 - hand_bytes(l, "int8") for l in linears(load_pipeline("demo-digits", dtype="bf16")))
-    assert plain["peak_kv_bytes"] == small["peak_kv_bytes"] and small["peak_memory_bytes"] > 0
-
-
-def test_fidelity_adds_the_quantized_columns_against_the_unquantized_full_cache(capsys):
-    import json
-    from linear_core.cli import main
-
-    assert main(["fidelity", "--model", "demo-digits", "--dtype", "bf16", "--quantize", "int4", "--policies", "linear",
-                 "--sequences", "1", "--chunk", "1", "--json"]) == 0
-    results = json.loads(capsys.readouterr().out)["results"]
-    assert set(results) == {"linear", "linear+int4", "full+int4"}
-    assert 0 < results["full+int4"]["kl_mean"] < 1 and results["full+int4"]["coupled_agreement"] < 1
-    assert all(0 <= r["top1_agreement"] <= 1 for r in results.values())
