@@ -88,6 +88,38 @@ def budgets(text: str) -> str:
     return text
 
 
+#: memory size units: binary (GiB) and decimal (GB) as written on data sheets
+UNITS = {"b": 1, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40,
+         "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
+
+
+def memory_size(text: str) -> int:
+    """``8GiB``, ``7.5 GB``, ``512MiB`` or plain bytes → bytes."""
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number):] or "b"
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in UNITS or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size: give a number and a unit such as '8GiB', "
+                                         "'7.5GB' or '512MiB'")
+    return int(value * UNITS[unit])
+
+
+def quantize_modes(text: str) -> tuple[str, ...]:
+    """One quantize mode or several, comma-separated (``'none,int8,int4'``)."""
+    from .quantize import MODES
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in MODES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown quantize {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(MODES)}")
+    return names
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are the CLI's one ``error:`` line (status 2), not a usage dump."""
 

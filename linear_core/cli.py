@@ -1,4 +1,4 @@
-"""Command line: ``python -m linear_core generate | fidelity | bench | sample | evaluate …``."""
+"""Command line: ``python -m linear_core generate | fidelity | bench | plan | sample | evaluate …``."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +19,10 @@ from .fidelity import fidelity_report, format_fidelity
 from .images import check_output_file, save_png
 from .janus_bench import bench_vs_transformers, format_vs_transformers
 from .pipeline import describe_summary, load_pipeline
+from .memory_plan import plan_command
 from .policies import POLICIES
 from .sample import format_report as format_sample
+from .quantize import MODES
 from .settings import CacheSettings
 from .speculative import Speculation
 from .text_pipeline import TextToImagePipeline
@@ -80,8 +82,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=arg.positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _quantize_option(parser)
     _decode_options(parser)
     _speculative_options(parser)
+
+
+def _quantize_option(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument("--quantize", type=arg.quantize_modes, default=("none",),
+                            help="decoder weights, comma-separated side by side: none, int8, int4 (torchao)")
+    else:
+        parser.add_argument("--quantize", default="none", choices=MODES,
+                            help="decoder linear weights: none, int8 or int4 (weight-only, torchao)")
 
 
 def _decode_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
@@ -172,8 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peak-tflops", type=arg.positive_float, default=None, help="peak TFLOP/s for the roofline")
     _decode_options(bench, several=True)
     _speculative_options(bench)
+    _quantize_option(bench, several=True)
     _cache_options(bench)
     add_sample_parsers(sub, _model_options, _cache_options)
+
+    planner = sub.add_parser("plan", help="will a request fit in a device's memory, and what would make it fit")
+    planner.add_argument("--model", default=DEMO_NAME, help=f"a bench shape ({', '.join(ARCHS)}), {DEMO_NAME}, a "
+                         "LlamaGen file or a model folder")
+    planner.add_argument("--vq", "--vqgan", dest="vq", default=None, help="image decoder, as for generate")
+    planner.add_argument("--resolution", type=arg.resolution, default=None, help="image size in pixels")
+    planner.add_argument("--layers", type=arg.positive_int, default=None, help="cut the depth of a bench shape")
+    planner.add_argument("--device-memory", type=arg.memory_size, required=True, help="free memory, e.g. 8GiB")
+    planner.add_argument("--device", default="cuda", help="device type the plan is for (int4 layouts differ)")
+    planner.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    planner.add_argument("--policy", default="linear", choices=sorted(POLICIES))
+    planner.add_argument("--budget", type=arg.budget, default=CacheSettings.budget)
+    planner.add_argument("--batch", type=arg.positive_int, default=1, help="images (CFG doubles the rows)")
+    planner.add_argument("--cfg", type=arg.finite_float, default=None, help="guidance scale (1 = no CFG rows)")
+    planner.add_argument("--prompt", default="an image", help="text-to-image: the prompt whose length sets the prefix")
+    planner.add_argument("--pcie-gbps", type=arg.positive_float, default=25.0,
+                         help="host-to-device GB/s assumed for offloaded layers")
+    _quantize_option(planner)
+    planner.add_argument("--json", action="store_true", help="print one JSON object")
+    _cache_options(planner)
     return parser
 
 
@@ -184,7 +217,7 @@ def _grid(args: argparse.Namespace) -> int | None:
 def _generate(args: argparse.Namespace) -> dict:
     settings = _settings(args, args.policy, args.budget)
     pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads, args.device_map,
-                             args.offload_folder, args.resolution)
+                             args.offload_folder, args.resolution, args.quantize)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     if isinstance(pipeline, TextToImagePipeline):
         if not args.prompt:
@@ -204,7 +237,7 @@ def _generate(args: argparse.Namespace) -> dict:
 
 def _check_before_loading(args: argparse.Namespace) -> None:
     """What can be refused before a model loads: the device, the output file."""
-    if args.device is not None:
+    if args.device is not None and args.command != "plan":
         check_device(args.device)
     if args.command == "generate":
         check_output_file(args.out)
@@ -219,12 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             report = _generate(args)
             text = _format_generate(report)
+        elif args.command == "plan":
+            report, text = plan_command(args, _settings(args, args.policy, args.budget))
         elif args.command == "fidelity":
-            pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads,
-                                     resolution=args.resolution)
+            load = lambda mode: load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device,  # noqa: E731
+                                              args.heads, resolution=args.resolution, quantize=mode)
+            pipeline = load("none")
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,
                                      args.seed, _settings(args), tuple(args.prompt or ()), args.decode, args.compile,
-                                     speculative=_speculation(args))
+                                     speculative=_speculation(args),
+                                     quantized=load(args.quantize) if args.quantize != "none" else None)
             text = format_fidelity(report)
         elif args.command == "sample":
             report = run_sample(args, _settings(args, args.policy, args.budget))
@@ -244,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run_bench(args.arch, args.policies, args.budget, args.batch, args.layers, args.grid,
                                args.device, args.dtype, args.repeats, base=_settings(args), decodes=args.decode,
                                peak_bandwidth=args.peak_bandwidth and args.peak_bandwidth * 1e9,
-                               peak_tflops=args.peak_tflops, speculative=_speculation(args))
+                               peak_tflops=args.peak_tflops, speculative=_speculation(args), quantize=args.quantize)
             text = format_table(report)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -70,6 +70,37 @@ def check_fits(needed: int, device: torch.device | str, what: str, fix: str) -> 
         raise ValueError(f"{what} needs {needed / gib:.2f} GiB but {device} has {free / gib:.2f} GiB free: {fix}.")
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window: the CUDA allocator's peak, or the process's resident-set high
+    water mark on Linux (other hosts: the CPU peak then spans the whole process)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu":
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+        except OSError:
+            pass
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    """The peak since `reset_peak`: bytes the CUDA allocator handed out, or the process's resident
+    set (everything the process holds, Python and libraries included) on the CPU; None elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name

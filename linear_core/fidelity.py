@@ -39,20 +39,28 @@ def _text_request(pipeline: TextToImagePipeline, prompt: str, count: int, cfg: f
 def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: str = "1/4",
                     sequences: int = 40, batch: int = 20, cfg: float | None = None, seed: int = 0,
                     base: CacheSettings = CacheSettings(), prompts: tuple[str, ...] = (), decode: str = "auto",
-                    compile: str = "auto", speculative: Speculation | None = None) -> dict:
+                    compile: str = "auto", speculative: Speculation | None = None,
+                    quantized: ImagePipeline | None = None) -> dict:
     """Teacher-forced KL and agreement of ``policies`` against the full cache, on sequences the full
-    cache samples (with ``speculative`` decoding when given: the same law, fewer forwards)."""
+    cache samples (with ``speculative`` decoding when given: the same law, fewer forwards).
+    ``quantized``: the same model loaded with quantized weights; each policy (and the full cache)
+    then also runs on it, as ``policy+int8``, against the full cache of ``pipeline``'s weights."""
     model, layout = pipeline.model, pipeline.layout
     cfg = pipeline.defaults.cfg if cfg is None else cfg
     sampling = pipeline.defaults.sampling()
     plans = {policy: replace(base, policy=policy, budget=budget) for policy in policies}
+    if not plans:
+        raise ValueError("Give at least one policy to compare.")
+    variants = {p: (s, model) for p, s in plans.items()}
+    if quantized is not None:
+        variants.update({f"{p}+{quantized.quantize}": (s, quantized.model) for p, s in {**plans, "full": FULL}.items()})
     for settings in plans.values():
         settings.make_policy().validate(layout.with_budget(settings.budget))  # fail before any work
     text = isinstance(pipeline, TextToImagePipeline)
     if text and not prompts:
         raise ValueError(f"{pipeline.name} draws from text: give the prompts to sample (--prompt, repeatable).")
     labels = [] if text else spread_labels(sequences, len(pipeline.class_names))
-    sums = {p: {"kl": 0.0, "top1": 0.0, "coupled": 0.0, "kl_lines": torch.zeros(layout.grid_h)} for p in plans}
+    sums = {p: {"kl": 0.0, "top1": 0.0, "coupled": 0.0, "kl_lines": torch.zeros(layout.grid_h)} for p in variants}
     for index, start in enumerate(range(0, sequences, batch)):
         count = min(batch, sequences - start)
         chunk_seed = seed + start
@@ -62,9 +70,10 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
         tokens = generate(model, conditioning, layout, FULL, guidance, sampling, chunk_seed, rules=rules,
                           decode=decode, compile=compile, speculative=speculative).tokens
         coupled_ref = None
-        for policy, settings in plans.items():
-            forced = teacher_forced(model, conditioning, layout, tokens, settings, guidance, rules, decode, compile)
-            coupled = coupled_agreement(model, conditioning, layout, settings, guidance, sampling, chunk_seed,
+        for policy, (settings, runner) in variants.items():
+            forced = teacher_forced(runner, conditioning, layout, tokens, settings, guidance, rules, decode, compile,
+                                    reference=model)
+            coupled = coupled_agreement(runner, conditioning, layout, settings, guidance, sampling, chunk_seed,
                                         reference=coupled_ref, rules=rules, decode=decode, compile=compile)
             coupled_ref = coupled.full_tokens
             weight = count / sequences
@@ -77,6 +86,7 @@ def fidelity_report(pipeline: ImagePipeline, policies: tuple[str, ...], budget: 
         "model": pipeline.name, "budget": str(budget), "budget_tokens": budget_tokens,
         "image_tokens": layout.image_tokens, "n_sequences": sequences, "cfg": cfg, "seed": seed,
         "keep_line_ends": base.keep_line_ends, "decode": decode,
+        "quantize": quantized.quantize if quantized is not None else "none",
         "speculative_window": speculative.window if speculative is not None else 0, **({"prompts": list(prompts)} if prompts else {}),
         "results": {p: {"kl_mean": s["kl"], "top1_agreement": s["top1"], "coupled_agreement": s["coupled"],
                         "kl_per_line": [round(v, 6) for v in s["kl_lines"].tolist()]} for p, s in sums.items()},

@@ -61,12 +61,14 @@ def _apply_rules(rules: TokenRules | None, layout: LineLayout) -> Callable[[torc
 @torch.inference_mode()
 def teacher_forced(adapter: ImageModelAdapter, conditioning: Conditioning, layout: LineLayout,
                    tokens: torch.Tensor, settings: CacheSettings, guidance: Guidance = Guidance(1.0, "none"),
-                   rules: TokenRules | None = None, decode: str = "eager", compile: str = "auto") -> TeacherForcedReport:
+                   rules: TokenRules | None = None, decode: str = "eager", compile: str = "auto",
+                   reference: ImageModelAdapter | None = None) -> TeacherForcedReport:
     """Compare ``settings`` with the full cache on ``tokens`` ``(batch, N)``; with ``rules`` (a
-    family's logits rules) the distributions compared are the ones sampling would draw from."""
+    family's logits rules) the distributions compared are the ones sampling would draw from;
+    ``reference``: the full cache runs on this model instead (e.g. the unquantized weights)."""
     rule = _apply_rules(rules, layout)
     layout.check_sequence(conditioning.prefix.shape[1], tokens.shape[1])
-    full = DecodeSession(adapter, conditioning, layout, FULL, guidance, decode=decode, compile=compile)
+    full = DecodeSession(reference or adapter, conditioning, layout, FULL, guidance, decode=decode, compile=compile)
     comp = DecodeSession(adapter, conditioning, layout, settings, guidance, decode=decode, compile=compile)
     n, width = layout.image_tokens, layout.line_tokens
     tokens = tokens.to(full.geometry.device)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .adapter import execution_device
 from .checkpoints import describe_folder_config, read_json_object
 from .demo import DEMO_DIR, DEMO_NAME, DigitsPalette
 from .devices import default_device, parse_dtype
@@ -24,6 +25,7 @@ from .engine import Callbacks, GenerationStats, generate
 from .session import planned_cache_bytes
 from .families.llamagen import LlamaGenModel, load_llamagen
 from .labels import imagenet_classes, resolve_label
+from .quantize import check_device_supports, check_mode, quantize_linears, weight_bytes
 from .layout import LineLayout
 from .sampling import SamplingConfig
 from .settings import CacheSettings
@@ -126,10 +128,16 @@ class ImagePipeline:
     all weights. Subclasses provide ``decode``, ``layout`` and ``weights``."""
 
     decode: Callable[[torch.Tensor], torch.Tensor]
+    #: the weight-only quantization its decoder was loaded with (`quantize.MODES`)
+    quantize = "none"
 
     @property
     def layout(self) -> LineLayout:
         raise NotImplementedError
+
+    def weight_facts(self) -> dict:
+        """What a run report says of the weights: the quantization and the bytes on devices."""
+        return {"quantize": self.quantize, "weight_bytes": weight_bytes(self.weights())}
 
     def weights(self) -> nn.Module:
         """Every weight of the pipeline in one module, for hosts that move models between devices."""
@@ -199,7 +207,8 @@ class ClassConditionalPipeline(ImagePipeline):
         t0 = time.perf_counter()
         images = self.decode_images(result.tokens)  # the copy to the CPU waits for the device
         used = {"model": self.name, "family": self.family, "cfg": cfg, "temperature": sampling.temperature,
-                "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": seed, "device": str(self.device)}
+                "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": seed, "device": str(self.device),
+                **self.weight_facts()}
         return ImageBatch(images, result.tokens.cpu(), ids, result.stats, time.perf_counter() - t0, used,
                           self.layout.with_budget(settings.budget))
 
@@ -214,14 +223,36 @@ def _load_demo(folder: Path, config: dict, dtype: torch.dtype, device: str) -> C
 def load_pipeline(model: str | Path = DEMO_NAME, vq: str | Path | None = None, grid: int | None = None,
                   dtype: str | torch.dtype = "fp32", device: str | torch.device | None = None,
                   heads: int | None = None, device_map: str | dict | None = None,
-                  offload_folder: str | Path | None = None, resolution: int | None = None) -> ImagePipeline:
+                  offload_folder: str | Path | None = None, resolution: int | None = None,
+                  quantize: str = "none", quantize_for: str | torch.device | None = None) -> ImagePipeline:
     """Load a built-in name (``demo-digits``), a demo-format folder, a LlamaGen GPT file + VQ file,
     or a Janus-Pro / Lumina-mGPT / Emu3-Gen folder (→ `TextToImagePipeline`; ``vq`` is then Lumina's
     VQGAN and ``grid`` its size in codes). ``grid`` / ``heads`` are needed only where a name or width
     does not tell them; ``resolution`` (pixels) sizes Lumina and Emu3 images and beats ``grid``;
     ``device_map`` (accelerate, with ``offload_folder`` for weights it puts on disk) applies to the
-    text-to-image families."""
+    text-to-image families. ``quantize`` (``int8`` / ``int4``, `quantize`) makes the decoder's linear
+    weights small for ``quantize_for`` (the device it will compute on; default ``device``): the
+    checkpoint is read into CPU RAM and each layer reaches the device already quantized."""
     dtype, device = parse_dtype(dtype), str(device or default_device())
+    if check_mode(quantize) == "none":
+        return _load(model, vq, grid, dtype, device, heads, device_map, offload_folder, resolution)
+    target = torch.device(quantize_for or device)
+    check_device_supports(quantize, target, dtype)
+    pipeline = _load(model, vq, grid, dtype, device if device_map else "cpu", heads, device_map, offload_folder,
+                     resolution)
+    backbone = pipeline.model.backbone
+    if device_map:  # accelerate placed the layers: quantize each where it sits, offloaded ones stay
+        quantize_linears(backbone, quantize, execution_device(backbone.embed_tokens), move=False)
+    else:
+        quantize_linears(backbone, quantize, target)
+        pipeline.weights().to(device)
+    pipeline.quantize = quantize
+    return pipeline
+
+
+def _load(model: str | Path, vq: str | Path | None, grid: int | None, dtype: torch.dtype, device: str,
+          heads: int | None, device_map: str | dict | None, offload_folder: str | Path | None,
+          resolution: int | None) -> ImagePipeline:
     path = BUILTIN_MODELS.get(str(model), Path(model))
     if path.is_dir():
         config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}

@@ -85,7 +85,7 @@ class TextToImagePipeline(ImagePipeline):
         images = self.decode_images(tokens)
         used = {"model": self.name, "family": self.family, "prompt": prompt, "negative_prompt": negative_prompt,
                 "cfg": cfg, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-                "seed": seed, "device": str(self.device)}
+                "seed": seed, "device": str(self.device), **self.weight_facts()}
         return ImageBatch(images, tokens.cpu(), [], result.stats, time.perf_counter() - t0, used,
                           layout.with_budget(settings.budget))
 

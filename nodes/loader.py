@@ -5,7 +5,8 @@ from .node_api import io
 
 from ..linear_core.demo import DEMO_NAME
 from . import checks
-from .model_files import (AUTO, DEVICE_CHOICES, DTYPE_CHOICES, RESOLUTION_CHOICES, check_model_folder, load_model,
+from .model_files import (AUTO, DEVICE_CHOICES, DTYPE_CHOICES, QUANTIZE_CHOICES, RESOLUTION_CHOICES,
+                          check_model_folder, load_model,
                           model_choices, relative_to_models, resolve_model, resolve_tokenizer, tokenizer_choices)
 from .sockets import CATEGORY, ModelSocket
 
@@ -35,17 +36,22 @@ class LineARModelLoader(io.ComfyNode):
                 io.Combo.Input("device", options=DEVICE_CHOICES, default=AUTO,
                                tooltip="'auto' uses ComfyUI's device and memory management; 'cpu' keeps the "
                                        "model on the CPU."),
+                io.Combo.Input("quantize", options=QUANTIZE_CHOICES, default="none", optional=True,
+                               tooltip="Weight-only int8 / int4 of the decoder's linear layers (torchao), done at "
+                                       "load: a 7B model in 4-8 GB. int4 runs on CUDA (Ampere+) and the CPU."),
             ],
             outputs=[ModelSocket.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, model: str, vq_tokenizer: str, resolution: str, dtype: str, device: str) -> bool | str:
+    def validate_inputs(cls, model: str, vq_tokenizer: str, resolution: str, dtype: str, device: str,
+                        quantize: str = "none") -> bool | str:
         """Checked when the prompt is queued, so a missing file or an unknown choice is reported
         before anything runs."""
         error = checks.first_error(checks.choice("resolution", resolution, RESOLUTION_CHOICES),
                                    checks.choice("dtype", dtype, DTYPE_CHOICES),
-                                   checks.choice("device", device, DEVICE_CHOICES))
+                                   checks.choice("device", device, DEVICE_CHOICES),
+                                   checks.choice("quantize", quantize, QUANTIZE_CHOICES))
         if error is not True or model is None:  # None: the model name comes over a link, checked at load
             return error
         try:
@@ -58,5 +64,6 @@ class LineARModelLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model: str, vq_tokenizer: str, resolution: str, dtype: str, device: str) -> io.NodeOutput:
-        return io.NodeOutput(load_model(model, vq_tokenizer, resolution, dtype, device))
+    def execute(cls, model: str, vq_tokenizer: str, resolution: str, dtype: str, device: str,
+                quantize: str = "none") -> io.NodeOutput:
+        return io.NodeOutput(load_model(model, vq_tokenizer, resolution, dtype, device, quantize))

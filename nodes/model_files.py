@@ -15,7 +15,9 @@ from comfy.model_patcher import ModelPatcher
 from ..linear_core.demo import DEMO_NAME
 from ..linear_core.checkpoints import read_json_object
 from ..linear_core.devices import DTYPES
+from ..linear_core.memory_plan import plan, target_of
 from ..linear_core.pipeline import ImagePipeline, load_pipeline
+from ..linear_core.quantize import MODES, weight_bytes
 from ..linear_core.settings import CacheSettings
 
 FOLDER = "linear_ar"
@@ -23,6 +25,7 @@ AUTO = "auto"
 DTYPE_CHOICES = [AUTO, "fp32", "bf16", "fp16"]
 DEVICE_CHOICES = [AUTO, "cpu"]
 RESOLUTION_CHOICES = [AUTO, "256", "384", "512", "720", "768", "1024"]
+QUANTIZE_CHOICES = list(MODES)
 
 
 def register_folder() -> None:
@@ -162,24 +165,28 @@ class LoadedModel:
         the prompt of a text model, whose length sets the prefix)."""
         needed = self.pipeline.memory_required(batch, settings, cfg, **request)
         device = self.patcher.load_device
-        total = mm.get_total_memory(device) - self.patcher.model_size()
-        if needed > total:  # refused before other models are unloaded to make room for it
-            gib = 2 ** 30
-            raise ValueError(f"This run needs {needed / gib:.2f} GiB for its cache but {device} has {total / gib:.2f} "
-                             "GiB in all besides the weights: lower batch_size, the budget or the resolution.")
+        # refused before other models are unloaded to make room for it
+        target = target_of(self.pipeline, cfg, request.get("prompt") or "an image")
+        verdict = plan(target, mm.get_total_memory(device), batch, settings, self.pipeline.quantize, str(device))
+        if not verdict.fits:  # weights + cache + activations: the planner's clear error, not an OOM halfway
+            raise ValueError(verdict.message() + " Lower batch_size or the budget, or pick a quantize in the loader.")
         mm.load_models_gpu([self.patcher], memory_required=needed, force_full_load=True)
 
 
 def load_model(choice: str, tokenizer: str = AUTO, resolution: str = AUTO, dtype: str = AUTO,
-               device: str = AUTO) -> LoadedModel:
+               device: str = AUTO, quantize: str = "none") -> LoadedModel:
+    """The pipeline in RAM on ComfyUI's offload device (its decoder quantized for the device it will
+    compute on), wrapped in a `ModelPatcher` that knows its true (quantized) size."""
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
     try:
         model = resolve_model(choice)
         pixels = None if resolution == AUTO else int(resolution)
         pipeline = load_pipeline(model, resolve_tokenizer(tokenizer, model), pixels and pixels // 16,
-                                 pick_dtype(dtype, load_device), offload_device, resolution=pixels)
+                                 pick_dtype(dtype, load_device), offload_device, resolution=pixels, quantize=quantize,
+                                 quantize_for=load_device)
     except ValueError as error:
         raise ValueError(relative_to_models(str(error))) from None
-    patcher = ModelPatcher(pipeline.weights(), load_device=load_device, offload_device=offload_device)
+    weights = pipeline.weights()  # ComfyUI's own size count would take quantized tensors at their logical dtype
+    patcher = ModelPatcher(weights, load_device=load_device, offload_device=offload_device, size=weight_bytes(weights))
     return LoadedModel(pipeline, patcher, choice)

@@ -6,9 +6,13 @@
 #   scripts/gpu_figures.sh OUTDIR [SECONDS [STEP…]]  → OUTDIR/gpu_figures.tgz (one file per step), OUTDIR/steps.log
 # STEP: tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1 decode-modes
 #       janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest sample-llamagen-xl
-#       (default: all, in that order).
+#       lowvram-janus-7b lowvram-lumina-768 lowvram-janus-1b lowvram-uncapped (default: all, in that order).
 # `tests-transformers-oldest` runs the engine and family tests on CUDA under the oldest supported
 # transformers (4.56.2, as .ci/run does on CPU): the Cache-layer compatibility on the static step.
+# lowvram-*: int8/int4 weights (torchao) x full/LineAR at batch 1 with the GPU capped by
+# torch.cuda.set_per_process_memory_fraction (8 GiB for the 7B models, 4 GiB for Janus-Pro-1B), each
+# after the planner's verdict for the same request; lowvram-uncapped: bf16 vs int8 vs int4 uncapped
+# (the "no slower than 2x bf16" check).
 # Every bench runs the static (CUDA-graph) step, `full` and `linear` side by side, and reports step
 # time against the roofline; `decode-modes` compares eager, CUDA graph and inductor + CUDA graph on
 # Janus-Pro-1B x128, and `janus-7b-batch1` puts one 7B image against transformers' generate.
@@ -27,7 +31,8 @@ budget=${2:-36000}
 shift $(($# < 2 ? $# : 2))
 steps=("$@")
 ((${#steps[@]})) || steps=(tests janus-pro-1b janus-pro-7b llamagen-xl lumina-768 lumina-1024 janus-7b-batch1
-  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest sample-llamagen-xl)
+  decode-modes janus-vs-transformers spec-lumina-768 spec-janus-7b tests-transformers-oldest sample-llamagen-xl
+  lowvram-janus-7b lowvram-lumina-768 lowvram-janus-1b lowvram-uncapped)
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
@@ -51,6 +56,26 @@ bench() {  # NAME CAP BENCH-ARGS…
   local name=$1 cap=$2
   shift 2
   step "$name" "$cap" "$py" -m linear_core bench --device "$device" --dtype bf16 --json "$@"
+}
+
+capped() {  # NAME CAP GIB ARGS…: the CLI with the process's CUDA allocations capped at GIB GiB
+  local name=$1 cap=$2 gib=$3
+  shift 3
+  step "$name" "$cap" "$py" -c "import sys, torch
+torch.cuda.set_per_process_memory_fraction($gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+from linear_core.cli import main
+sys.exit(main(sys.argv[1:]))" "$@"
+}
+lowvram() {  # NAME CAP GIB ARCH: the planner's verdicts, then the capped bench of int8/int4 x full/LineAR
+  local name=$1 cap=$2 gib=$3 arch=$4 mode policy
+  for mode in int8 int4; do
+    for policy in full linear; do
+      step "$name-plan-$mode-$policy" 60 "$py" -m linear_core plan --model "$arch" --device-memory "${gib}GiB" \
+        --quantize "$mode" --policy "$policy" --budget 1/6 --json
+    done
+  done
+  capped "$name" "$cap" "$gib" bench --arch "$arch" --device "$device" --dtype bf16 --json --batch 1 \
+    --quantize int8,int4 --policies full,linear --budget 1/6
 }
 
 { nvidia-smi -L; "$py" -c "import torch, transformers; print('torch', torch.__version__, 'transformers',
@@ -88,6 +113,11 @@ for name in "${steps[@]}"; do
         --model '$scratch/c2i_XL_384.safetensors' --vq '$scratch/vq_ds16_c2i.safetensors' --device '$device' \
         --dtype bf16 --policy linear --budget 1/6 --batch 256 --num-images 2560 --out '$scratch/samples'"
       rm -rf "$scratch" ;;
+    lowvram-janus-7b) lowvram "$name" 400 8 janus-pro-7b ;;
+    lowvram-lumina-768) lowvram "$name" 500 8 lumina-mgpt-7b-768 ;;
+    lowvram-janus-1b) lowvram "$name" 200 4 janus-pro-1b ;;
+    lowvram-uncapped) bench "$name" 400 --arch janus-pro-7b --batch 1 --quantize none,int8,int4 --policies full,linear \
+      --budget 1/6 ;;
     *) echo "unknown step $name" | tee -a "$dest/steps.log" ;;
   esac
 done

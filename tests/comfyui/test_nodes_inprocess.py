@@ -293,3 +293,35 @@ def test_text_sampler_draws_a_janus_folder_with_a_negative_prompt(comfy):
     prompt["3"]["inputs"]["prompt"] = " "
     executor, server, _ = comfy.run(prompt)
     assert "prompt is empty" in server.of("execution_error")[0]["exception_message"]
+
+
+def test_int8_loader_reports_its_quantized_size_to_comfyui_and_survives_unloading(comfy):
+    from linear_core.quantize import linear_bytes
+    prompt = graph(batch=1)
+    prompt["1"]["inputs"]["quantize"] = "int8"
+    executor, server, _ = comfy.run(prompt)
+    assert executor.success, server.of("execution_error")
+    (stats,) = server.of("linear_ar.stats")
+    assert stats["quantize"] == "int8"
+    patcher = next(m.model for m in comfy.mm.current_loaded_models if stats["weight_bytes"] == m.model.model_size())
+    layers = [m for m in patcher.model.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [m for m in layers if type(m.weight).__name__ == "Int8Tensor"]
+    assert len(quantized) == 4 * 7 == len(layers) - 1  # every decoder linear; the head stays as it was
+    layers = quantized
+    plain = sum(p.numel() * p.element_size() for p in patcher.model.parameters())  # logical (fp32) sizes
+    shrunk = sum(m.weight.numel() * m.weight.element_size() - linear_bytes(m.in_features, m.out_features, False, "int8",
+                                                                           "cpu", m.weight.dtype) for m in layers)
+    assert patcher.model_size() == plain - shrunk
+    comfy.mm.unload_all_models()  # ComfyUI's own offload of every model, then the same graph again
+    executor, server, _ = comfy.run(prompt)
+    assert executor.success, server.of("execution_error")
+
+
+def test_a_run_the_planner_says_does_not_fit_is_a_node_error_before_sampling(comfy, monkeypatch):
+    prompt = graph(batch=1)
+    monkeypatch.setattr(comfy.mm, "get_total_memory", lambda *args, **kwargs: 2 ** 20)  # a 1 MiB device
+    executor, server, _ = comfy.run(prompt)
+    assert not executor.success
+    message = server.of("execution_error")[0]["exception_message"]
+    assert "does not fit" in message and "batch_size" in message
+    assert comfy.progress == [] or max(v for v, _, _ in comfy.progress) == 0
