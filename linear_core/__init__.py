@@ -3,6 +3,10 @@
 Pure PyTorch + transformers (no ComfyUI imports): geometry (`LineLayout`), the preallocated
 `LineARCache`, eviction policies, the decode engine and fidelity metrics.
 """
+from .library_logs import quiet_known_noise
+
+quiet_known_noise()  # before anything imports transformers
+
 from .adapter import CacheGeometry, Conditioning, ImageModelAdapter
 from .cache import LineARCache
 from .engine import Callbacks, GenerationInterrupted, GenerationResult, GenerationStats, generate
