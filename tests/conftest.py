@@ -53,3 +53,22 @@ def pytest_collection_modifyitems(config, items):
     """The ComfyUI tier last: it imports ComfyUI into this process (which edits `sys.path` and global
     torch settings), so the engine tests run before it, in a process ComfyUI has not touched."""
     items.sort(key=lambda item: "tests/comfyui/" in item.nodeid)
+
+
+def record_cache_bytes(monkeypatch) -> list[int]:
+    """Patch `DecodeSession.close` to record, per run, the bytes its cache buffers and query buffer
+    hold just before they are released; returns the list it appends to."""
+    from linear_core import engine
+
+    measured: list[int] = []
+    original_close = engine.DecodeSession.close
+
+    def measure_then_close(self):
+        tensors = [t for layer in self.cache.layers
+                   for t in (layer.keys, layer.values, layer.image_index, layer.slot_scores) if t is not None]
+        tensors += self.stream.queries.slots if self.stream.queries is not None else []
+        measured.append(sum(t.numel() * t.element_size() for t in tensors))
+        original_close(self)
+
+    monkeypatch.setattr(engine.DecodeSession, "close", measure_then_close)
+    return measured

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import record_cache_bytes
 from linear_core import CacheSettings, Guidance, LineLayout
 from linear_core import engine, session as session_module
 from linear_core.cachemap import colourise, kept_grid, render_cache_map
@@ -28,17 +29,7 @@ def test_planned_cache_bytes_equal_what_a_run_allocates(model, monkeypatch, poli
             return super().prefill()
 
     monkeypatch.setattr(engine, "DecodeSession", RecordingSession)
-    measured = []
-    original_close = engine.DecodeSession.close
-
-    def measure_then_close(self):  # what the buffers hold just before they are released
-        tensors = [t for layer in self.cache.layers
-                   for t in (layer.keys, layer.values, layer.image_index, layer.slot_scores) if t is not None]
-        tensors += self.stream.queries.slots if self.stream.queries is not None else []
-        measured.append(sum(t.numel() * t.element_size() for t in tensors))
-        original_close(self)
-
-    monkeypatch.setattr(engine.DecodeSession, "close", measure_then_close)
+    measured = record_cache_bytes(monkeypatch)
     conditioning = model.conditioning(torch.tensor([1, 2, 3]), guidance)
     engine.generate(model, conditioning, layout, settings, guidance)
     assert len(sessions) == 1

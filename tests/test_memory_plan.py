@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEVICE
-from linear_core import CacheSettings, engine
+from conftest import DEVICE, record_cache_bytes
+from linear_core import CacheSettings
 from linear_core.cli import main
 from linear_core.memory_plan import GIB, load_target, plan, target_of, target_of_arch
 from linear_core.pipeline import load_pipeline
@@ -26,17 +26,7 @@ TESTS = Path(__file__).resolve().parent
 def test_planned_cache_equals_the_bytes_a_run_allocates(monkeypatch, policy, budget, mode):
     pipeline = load_pipeline("demo-digits", dtype="bf16", device=DEVICE, quantize=mode)
     settings = CacheSettings(policy, budget)
-    measured = []
-    original_close = engine.DecodeSession.close
-
-    def measure_then_close(self):  # the buffers of the run, summed just before they are released
-        tensors = [t for layer in self.cache.layers
-                   for t in (layer.keys, layer.values, layer.image_index, layer.slot_scores) if t is not None]
-        tensors += self.stream.queries.slots if self.stream.queries is not None else []
-        measured.append(sum(t.numel() * t.element_size() for t in tensors))
-        original_close(self)
-
-    monkeypatch.setattr(engine.DecodeSession, "close", measure_then_close)
+    measured = record_cache_bytes(monkeypatch)
     pipeline.generate(["1", "2", "3"], settings, seed=0)
     predicted = plan(target_of(pipeline), GIB, 3, settings, mode, str(DEVICE)).cache_bytes
     assert measured == [predicted]
