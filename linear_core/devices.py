@@ -1,6 +1,10 @@
 """Device and dtype choice, asked of torch (ComfyUI passes its own device in)."""
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -77,10 +81,23 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     elif device.type == "cpu":
+        _release_freed_memory()
         try:
             with open("/proc/self/clear_refs", "w") as refs:
                 refs.write("5")
         except OSError:
+            pass
+
+
+def _release_freed_memory() -> None:
+    """Give memory already freed back to the OS: glibc keeps freed blocks in the resident set, so
+    without this a CPU peak window would start from everything an earlier run (a model since
+    deleted, say) once held."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl and other libcs: no malloc_trim
             pass
 
 

@@ -2,6 +2,11 @@
 stored codes and bytes checked by hand, and generation under every policy."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -120,3 +125,47 @@ def test_every_family_loads_quantized_from_its_checkpoint_format_and_generates(k
         batch = pipeline.generate(PROMPT, batch=1, settings=settings, seed=2)
     assert batch.images.shape[0] == 1 and torch.isfinite(batch.images).all()
 
+
+
+def test_generate_and_bench_json_report_the_quantized_weight_bytes(tmp_path):
+    """What the CLI reports is what the int8 weights hold: the bf16 bytes less, per decoder linear,
+    two bytes a weight traded for one code and five bytes a row."""
+    plain = load_pipeline("demo-digits", dtype="bf16", device="cpu")
+    saved = sum(layer.weight.numel() * 2 - hand_bytes(layer, "int8") for layer in linears(plain))
+    assert saved > 0
+
+    def cli(*args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "linear_core", *args, "--dtype", "bf16", "--device", "cpu",
+                              "--budget", "1/4", "--json"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    generated = cli("generate", "--model", "demo-digits", "--label", "3", "--quantize", "int8",
+                    "--out", str(tmp_path / "three.png"))
+    assert generated["quantize"] == "int8"
+    assert generated["weight_bytes"] == weight_bytes(plain.weights()) - saved
+    results = cli("bench", "--arch", "demo-digits", "--policies", "linear", "--quantize", "none,int8")["results"]
+    assert list(results) == ["linear/none", "linear/int8"]
+    assert [r["quantize"] for r in results.values()] == ["none", "int8"]
+    assert results["linear/none"]["weight_bytes"] - results["linear/int8"]["weight_bytes"] == saved
+    assert all(r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0 for r in results.values())
+
+
+def test_a_layer_offloaded_to_disk_keeps_its_dtype_and_the_rest_is_quantized(tmp_path):
+    """The planner's last resort with quantization: accelerate keeps the offloaded layer's
+    checkpoint weights, the layers on the device are int8, and the tokens are those of the same
+    model in memory with only the device's layer quantized."""
+    from test_janus import _spread_map
+
+    folder = write_native_janus(tmp_path / "janus")
+    spread = load_pipeline(folder, dtype="fp32", device_map=_spread_map([DEVICE, "disk"]),
+                           offload_folder=tmp_path / "offload", quantize="int8")
+    kept, offloaded = spread.model.backbone.layers[:2]
+    assert all(type(m.weight).__name__ == "Int8Tensor" for m in kept.modules() if isinstance(m, nn.Linear))
+    assert {p.device.type for p in offloaded.parameters()} == {"meta"}
+    reference = load_pipeline(folder, dtype="fp32", device=DEVICE)
+    quantize_linears(reference.model.backbone.layers[0], "int8", DEVICE)
+    settings = CacheSettings("linear", "1/2", anchors=2, recent_lines=1)
+    tokens = [p.generate(PROMPT, batch=1, settings=settings, seed=2).tokens for p in (spread, reference)]
+    assert torch.equal(*tokens)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from linear_core import CacheSettings, Callbacks, DecodeSession, GenerationInterrupted, Guidance, LineLayout
-from linear_core import SamplingConfig, generate
+from linear_core import generate
 from linear_core.families.janus import load_janus
 from linear_core.families.llamagen import load_llamagen
 from linear_core.families.lumina import load_lumina
