@@ -34,11 +34,17 @@ def _torchao():
         import torchao.quantization as ao
     except ImportError:
         raise ValueError(f"Quantized weights need torchao: {INSTALL} (it needs no other package).") from None
+    except Exception as error:  # a torchao built for another torch can fail at import in any way
+        raise ValueError(f"torchao failed to import with torch {torch.__version__} ({error}): install the "
+                         "torchao release made for this torch (see torchao's compatibility table), or use "
+                         "quantize none.") from None
     return ao
 
 
 def check_device_supports(mode: str, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> None:
-    """Refuse a mode the device has no kernel for, before any weight is read."""
+    """Refuse a mode the device has no kernel for, or torchao missing, before any weight is read."""
+    if check_mode(mode) != "none":
+        _torchao()
     device = torch.device(device)
     if mode == "int4" and device.type not in ("cpu", "cuda"):
         raise ValueError(f"int4 weights run on CUDA and the CPU only (torchao has no {device.type} kernel): "

@@ -169,3 +169,19 @@ def test_a_layer_offloaded_to_disk_keeps_its_dtype_and_the_rest_is_quantized(tmp
     settings = CacheSettings("linear", "1/2", anchors=2, recent_lines=1)
     tokens = [p.generate(PROMPT, batch=1, settings=settings, seed=2).tokens for p in (spread, reference)]
     assert torch.equal(*tokens)
+
+
+@pytest.mark.parametrize("install", ["missing", "built for another torch"])
+def test_a_missing_or_broken_torchao_is_a_clear_error_before_any_weight_is_read(install, tmp_path, monkeypatch):
+    for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")]:
+        monkeypatch.delitem(sys.modules, name)
+    if install == "missing":
+        monkeypatch.setitem(sys.modules, "torchao", None)  # what Python does for a package not installed
+    else:
+        (tmp_path / "torchao" / "quantization").mkdir(parents=True)
+        (tmp_path / "torchao" / "__init__.py").write_text("")
+        (tmp_path / "torchao" / "quantization" / "__init__.py").write_text(
+            "import torch\ntorch._C._no_such_kernel_registry\n")  # as an extension built for another torch fails
+        monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="pip install torchao" if install == "missing" else "torchao release made for"):
+        load_pipeline("demo-digits", dtype="bf16", device="cpu", quantize="int8")
