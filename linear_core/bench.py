@@ -31,7 +31,7 @@ DECODES = {"auto": ("auto", "auto"), "static": ("static", "auto"), "eager": ("ea
 def _model(arch: str, layers: int | None, grid: int | None, dtype: str, device: str, seed: int, cfg: float | None):
     """Model, layout, guidance scale and CFG layout, and sampling of the benchmark."""
     if arch == DEMO_NAME:
-        from .pipeline import load_pipeline
+        from .loading import load_pipeline
 
         pipeline = load_pipeline(DEMO_NAME, dtype=dtype, device=device)
         model = pipeline.model

@@ -18,7 +18,8 @@ from .evaluate import format_evaluation
 from .fidelity import fidelity_report, format_fidelity
 from .images import check_output_file, save_png
 from .janus_bench import bench_vs_transformers, format_vs_transformers
-from .pipeline import describe_summary, load_pipeline
+from .pipeline import describe_summary
+from .loading import load_pipeline
 from .memory_plan import plan_command
 from .policies import POLICIES
 from .sample import format_report as format_sample

@@ -12,7 +12,8 @@ from typing import Callable
 
 from . import arguments as arg
 from .evaluate import INCEPTION, evaluate
-from .pipeline import ImageBatch, load_pipeline
+from .pipeline import ImageBatch
+from .loading import load_pipeline
 from .policies import POLICIES
 from .sample import RUN_FILE, SampleRun, draw
 from .settings import CacheSettings

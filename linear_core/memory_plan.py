@@ -281,7 +281,7 @@ def load_target(model: str, vq: str | None = None, resolution: int | None = None
     device where the family allows it (no weight is read), else in CPU RAM."""
     from .archs import ARCHS
     from .devices import parse_dtype
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
 
     if model in ARCHS:
         return target_of_arch(model, layers, parse_dtype(dtype), 4.0 if cfg is None else cfg)

@@ -16,7 +16,8 @@ from ..linear_core.demo import DEMO_NAME
 from ..linear_core.checkpoints import read_json_object
 from ..linear_core.devices import DTYPES
 from ..linear_core.memory_plan import plan, target_of
-from ..linear_core.pipeline import ImagePipeline, load_pipeline
+from ..linear_core.pipeline import ImagePipeline
+from ..linear_core.loading import load_pipeline
 from ..linear_core.quantize import MODES, weight_bytes
 from ..linear_core.settings import CacheSettings
 

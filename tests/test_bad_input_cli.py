@@ -13,7 +13,7 @@ import torch
 
 from linear_core.cli import main
 from linear_core.devices import free_bytes
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.settings import CacheSettings
 from janus_files import write_native_janus
 from llamagen_files import tiny_vq_state, upstream_state

@@ -21,7 +21,8 @@ from linear_core.files import replacing
 from linear_core.images import check_output_file, save_png, write_png
 from linear_core.labels import resolve_label
 from linear_core.layout import MAX_BUDGET_CHARS, Budget
-from linear_core.pipeline import RUN_CHUNK, load_pipeline
+from linear_core.pipeline import RUN_CHUNK
+from linear_core.loading import load_pipeline
 from linear_core.sampling import MAX_SEED, check_seed
 from llamagen_files import upstream_state
 

@@ -20,7 +20,7 @@ from linear_core.archs import get_arch
 from linear_core.session import planned_cache_bytes
 from linear_core.families.emu3 import NEGATIVE_PROMPT, Emu3ImageModel, load_emu3
 from linear_core.guidance import Guidance
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.policies import POLICIES
 from test_exactness import assert_line_ends_never_evicted, assert_matches_masked_reference
 from test_static_step import assert_static_equals_eager

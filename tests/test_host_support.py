@@ -12,7 +12,7 @@ from linear_core import CacheSettings, Guidance, LineLayout
 from linear_core import engine, session as session_module
 from linear_core.cachemap import colourise, kept_grid, render_cache_map
 from linear_core.labels import class_choices, label_from_choice
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 
 
 @pytest.mark.parametrize("policy,budget", [("full", "full"), ("linear", "1/3"), ("h2o", "2 lines"),

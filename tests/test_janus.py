@@ -16,7 +16,7 @@ from janus_files import write_deepseek_janus, write_native_janus
 from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.adapter import CacheGeometry
 from linear_core.families.janus import PRO_TEMPLATE, load_janus
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.text_pipeline import TextToImagePipeline
 from test_exactness import assert_matches_masked_reference
 

@@ -53,7 +53,7 @@ from linear_core import CacheSettings, DecodeSession, SamplingConfig
 from linear_core.decoders.vq16 import load_vq16
 from linear_core.session import cache_keyword
 from linear_core.families.janus import load_janus
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 
 PROMPT = "a red fox in the snow"
 PRO_ROLES, V1_ROLES = ("<|User|>", "<|Assistant|>"), ("User", "Assistant")

@@ -19,7 +19,7 @@ from linear_core.archs import get_arch
 from linear_core.session import planned_cache_bytes
 from linear_core.fidelity import fidelity_report
 from linear_core.guidance import Guidance
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from test_exactness import assert_line_ends_never_evicted, assert_matches_masked_reference
 import upstream_lumina as upstream
 from chameleon_files import reference_decode, tiny_vqgan_state

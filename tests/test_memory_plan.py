@@ -15,7 +15,7 @@ from conftest import DEVICE, record_cache_bytes
 from linear_core import CacheSettings
 from linear_core.cli import main
 from linear_core.memory_plan import GIB, load_target, plan, target_of, target_of_arch
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 
 pytest.importorskip("torchao")
 TESTS = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ from conftest import DEVICE
 from linear_core import CacheSettings
 from linear_core.fidelity import fidelity_report, spread_labels
 from linear_core.labels import imagenet_classes, resolve_label
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from llamagen_files import tiny_vq_state, upstream_state
 
 ROOT = Path(__file__).resolve().parents[1]

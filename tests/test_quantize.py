@@ -17,7 +17,7 @@ from janus_files import write_native_janus
 from llamagen_files import tiny_vq_state, upstream_state
 from lumina_files import RESOLUTION as LUMINA_RESOLUTION, write_lumina
 from linear_core import CacheSettings
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.policies import POLICIES
 from linear_core.quantize import linear_bytes, quantize_linears, tensor_bytes, weight_bytes
 

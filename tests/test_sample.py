@@ -19,7 +19,7 @@ from PIL import Image
 
 from linear_core.cli import main
 from linear_core.images import to_pil
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.progress import Progress
 from linear_core.settings import CacheSettings
 from linear_core.worklist import read_prompts

@@ -10,7 +10,7 @@ from scipy.stats import chi2, chi2_contingency
 
 from conftest import DEVICE, tiny_model
 from linear_core import CacheSettings, Callbacks, DecodeSession, GenerationInterrupted, Guidance, LineLayout, generate
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.speculative import Speculation, draw, verify
 from test_exactness import feed_and_record
 

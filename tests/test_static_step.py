@@ -14,7 +14,7 @@ from linear_core import generate
 from linear_core.families.janus import load_janus
 from linear_core.families.llamagen import load_llamagen
 from linear_core.families.lumina import load_lumina
-from linear_core.pipeline import load_pipeline
+from linear_core.loading import load_pipeline
 from linear_core.static_step import bucket_widths
 from conftest import DEVICE, tiny_model
 from janus_files import write_native_janus
