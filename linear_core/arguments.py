@@ -125,3 +125,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def grid_of(args: argparse.Namespace) -> int | None:
+    """The token grid the model options name: ``--grid``, else ``--resolution`` at 16 pixels a token
+    (the families that differ read ``--resolution`` themselves)."""
+    return args.grid or (args.resolution // 16 if args.resolution else None)

@@ -211,13 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _grid(args: argparse.Namespace) -> int | None:
-    return args.grid or (args.resolution // 16 if args.resolution else None)
-
-
 def _generate(args: argparse.Namespace) -> dict:
     settings = _settings(args, args.policy, args.budget)
-    pipeline = load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device, args.heads, args.device_map,
+    pipeline = load_pipeline(args.model, args.vq, arg.grid_of(args), args.dtype, args.device, args.heads, args.device_map,
                              args.offload_folder, args.resolution, args.quantize)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     if isinstance(pipeline, TextToImagePipeline):
@@ -256,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             report, text = plan_command(args, _settings(args, args.policy, args.budget))
         elif args.command == "fidelity":
-            load = lambda mode: load_pipeline(args.model, args.vq, _grid(args), args.dtype, args.device,  # noqa: E731
+            load = lambda mode: load_pipeline(args.model, args.vq, arg.grid_of(args), args.dtype, args.device,  # noqa: E731
                                               args.heads, resolution=args.resolution, quantize=mode)
             pipeline = load("none")
             report = fidelity_report(pipeline, args.policies, args.budget, args.sequences, args.chunk, args.cfg,

@@ -92,8 +92,8 @@ def run_sample(args: argparse.Namespace, cache: CacheSettings) -> dict:
     # on CPU, accelerate starts a gloo process group only when asked to (launch --cpu alone starts one process)
     cpu = (args.device or "").startswith("cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     state = PartialState(cpu=cpu)
-    pipeline = load_pipeline(args.model, args.vq, args.grid or (args.resolution // 16 if args.resolution else None),
-                             args.dtype, args.device or str(state.device), args.heads, resolution=args.resolution)
+    pipeline = load_pipeline(args.model, args.vq, arg.grid_of(args), args.dtype, args.device or str(state.device),
+                             args.heads, resolution=args.resolution)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     cfg = pipeline.defaults.cfg if args.cfg is None else args.cfg
     text = isinstance(pipeline, TextToImagePipeline)
