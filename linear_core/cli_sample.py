@@ -70,6 +70,7 @@ def _settings_record(args: argparse.Namespace, pipeline, cache: CacheSettings, c
     """Everything that decides the images: what ``run.json`` keeps and a resume must repeat."""
     record = {"format": 1, "model": pipeline.name, "family": pipeline.family, "vq": args.vq and Path(args.vq).name,
               "grid": args.grid, "resolution": args.resolution, "heads": args.heads, "dtype": args.dtype,
+              "quantize": args.quantize,
               **asdict(cache), "budget": args.budget, "cfg": cfg, "temperature": sampling.temperature,
               "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "num_images": count}
     if classes is None:
@@ -93,7 +94,7 @@ def run_sample(args: argparse.Namespace, cache: CacheSettings) -> dict:
     cpu = (args.device or "").startswith("cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     state = PartialState(cpu=cpu)
     pipeline = load_pipeline(args.model, args.vq, arg.grid_of(args), args.dtype, args.device or str(state.device),
-                             args.heads, resolution=args.resolution)
+                             args.heads, resolution=args.resolution, quantize=args.quantize)
     sampling = pipeline.defaults.sampling(args.temperature, args.top_k, args.top_p)
     cfg = pipeline.defaults.cfg if args.cfg is None else args.cfg
     text = isinstance(pipeline, TextToImagePipeline)

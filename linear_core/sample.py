@@ -60,7 +60,8 @@ class SampleRun:
 
     def record(self, item: WorkItem) -> dict:
         """The manifest line of an item: where it is, what drew it."""
-        keys = ("model", "family", "policy", "budget", "cfg", "temperature", "top_k", "top_p", "negative_prompt")
+        keys = ("model", "family", "quantize", "policy", "budget", "cfg", "temperature", "top_k", "top_p",
+                "negative_prompt")
         return {"file": self.path(item).name, **item.record(),
                 **{key: self.settings[key] for key in keys if key in self.settings}}
 

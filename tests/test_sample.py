@@ -150,6 +150,28 @@ def test_another_runs_folder_is_refused(one_process, tmp_path, capsys):
     assert not list(other.glob("*.png"))
 
 
+def test_quantize_reaches_the_model_and_the_run_record(tmp_path, monkeypatch):
+    """``sample --quantize int8`` draws with int8 decoder weights, and a resume must repeat it."""
+    pytest.importorskip("torchao")
+    from linear_core import cli_sample
+
+    loaded = []
+
+    def recording(*args, **kwargs):
+        loaded.append(load_pipeline(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(cli_sample, "load_pipeline", recording)
+    out = tmp_path / "run"
+    argv = ["sample", "--out", str(out), "--num-images", "2", *COMMON]
+    assert main(argv + ["--dtype", "bf16", "--quantize", "int8"]) == 0
+    linears = [m for m in loaded[0].model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
+    assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
+    assert [json.loads(line)["quantize"] for line in (out / "manifest.jsonl").read_text().splitlines()] == ["int8"] * 2
+    assert main(argv + ["--dtype", "bf16", "--resume"]) == 2  # the same run without --quantize is another run
+
+
 def test_bad_sampling_input_is_a_clear_error(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["sample", "--out", out, "--prompts", str(tmp_path / "missing.txt"), *COMMON]) == 2
