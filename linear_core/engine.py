@@ -16,7 +16,7 @@ from .adapter import Conditioning, ImageModelAdapter
 from .guidance import Guidance
 from .layout import LineLayout
 from .rules import TokenRules
-from .sampling import MAX_SEED, SamplingConfig, SeededNoise, check_seed, make_generator, sample
+from .sampling import SamplingConfig, SeededNoise, check_seed, make_generator, offset_seed, sample
 from .session import DecodeSession, synchronize
 from .settings import CacheSettings
 from .speculative import Speculation, jacobi_decode
@@ -156,7 +156,7 @@ def generate(adapter: ImageModelAdapter, conditioning: Conditioning, layout: Lin
         if speculative is not None:
             started(0)
             finished(0)
-            generator = make_generator((check_seed(seed) + 2) % (MAX_SEED + 1), logits.device)
+            generator = make_generator(offset_seed(check_seed(seed), 2), logits.device)
             forwards = jacobi_decode(session, tokens, logits.shape[-1], sampling, rules, speculative, generator,
                                      lambda i: (started(i), finished(i)))
         for i in range(lay.image_tokens if speculative is None else 0):

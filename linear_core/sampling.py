@@ -115,6 +115,12 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return generator.manual_seed(check_seed(seed))
 
 
+def offset_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seed range: how a run derives the seeds of its other draws
+    (an image of a sampling run, the eviction draws, the speculative noise) from the one it is given."""
+    return (seed + offset) % (MAX_SEED + 1)
+
+
 def check_seed(seed: int | Sequence[int]) -> int:
     """A seed (or each of several) as an int in torch's 64-bit range; returns the first."""
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]

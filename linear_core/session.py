@@ -21,7 +21,7 @@ from .devices import check_fits
 from .guidance import Guidance
 from .layout import LineLayout
 from .policies import EvictionPolicy
-from .sampling import MAX_SEED, check_seed
+from .sampling import check_seed, offset_seed
 from .scoring import CAPTURE_KWARG, LineQueryBuffer, register_attention
 from .settings import CacheSettings
 from .static_step import StaticDecoder, resolve_decode
@@ -134,14 +134,13 @@ class DecodeSession:
         """The random policy's generator: one for the request, or with one seed per image one per
         cache row, seeded by that row's image, so its draws do not depend on the batch."""
         if isinstance(seed, int):
-            return torch.Generator().manual_seed((check_seed(seed) + 1) % (MAX_SEED + 1))
+            return torch.Generator().manual_seed(offset_seed(check_seed(seed), 1))
         seeds = list(seed)
         check_seed(seeds)
         if len(seeds) != self.batch:
             raise ValueError(f"Give one seed, or one seed per image: {len(seeds)} seeds for {self.batch} images.")
-        interleaved = self.guidance.layout == "interleaved"
-        return [torch.Generator().manual_seed((int(seeds[r // 2 if interleaved else r % self.batch]) + 1) % (MAX_SEED + 1))
-                for r in range(self.prefix.shape[0])]
+        image_of_row = self.guidance.expand_tokens(torch.arange(self.batch)[:, None])[:, 0]
+        return [torch.Generator().manual_seed(offset_seed(int(seeds[image]), 1)) for image in image_of_row.tolist()]
 
     # -- forwards --------------------------------------------------------------------------
     def _forward(self, embeds: torch.Tensor, last_only: bool = False) -> torch.Tensor:

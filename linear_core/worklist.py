@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .sampling import MAX_SEED
+from .sampling import offset_seed
 
 #: column / key names accepted for a prompt's id and text in JSON and CSV prompt lists
 ID_KEYS = ("id", "prompt_id", "item_id", "image_id", "caption_id")
@@ -60,7 +60,7 @@ def safe_name(text: str) -> str:
 
 def image_seed(seed: int, index: int) -> int:
     """The seed of image ``index`` of a run seeded with ``seed``."""
-    return (seed + index) % (MAX_SEED + 1)
+    return offset_seed(seed, index)
 
 
 def class_items(classes: Sequence[int], names: Sequence[str], num_images: int | None, seed: int) -> list[WorkItem]:

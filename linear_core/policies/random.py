@@ -16,8 +16,7 @@ class RandomPolicy(AnchorsAndLinesPolicy):
     def score(self, view: LayerView) -> torch.Tensor:
         shape, generator = view.image_index.shape, view.generator
         if isinstance(generator, list):
-            draws = torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(view.image_index.device)
-                                 for g in generator])
+            draws = torch.stack([torch.rand(shape[1:], generator=g, device=g.device) for g in generator])
         else:
             draws = torch.rand(shape, generator=generator, device=generator.device)
         return draws.to(view.image_index.device)
