@@ -70,21 +70,22 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tens
 
 
 def reference_logits(state: dict[str, torch.Tensor], heads: int, grid: int, labels: torch.Tensor,
-                     tokens: torch.Tensor, zero_condition_rotary: bool = True) -> torch.Tensor:
-    """Upstream's full causal forward on ``[class token; tokens]`` → logits ``(batch, 1 + q, vocab)``.
-    ``zero_condition_rotary=False`` rotates the class token as grid cell (0, 0) instead (a wrong
-    variant, to show the tests can tell)."""
+                     tokens: torch.Tensor, zero_condition_rotary: bool = True, cond_tokens: int = 1) -> torch.Tensor:
+    """Upstream's full causal forward on ``[class token × cond_tokens; tokens]`` → logits
+    ``(batch, cond_tokens + q, vocab)``. ``zero_condition_rotary=False`` rotates the class token as
+    grid cell (0, 0) instead (a wrong variant, to show the tests can tell)."""
     s = {k: v.double().cpu() for k, v in state.items()}
     dim = s["tok_embeddings.weight"].shape[1]
     hd = dim // heads
-    x = torch.cat([s["cls_embedding.embedding_table.weight"][labels][:, None], s["tok_embeddings.weight"][tokens]], 1)
+    condition = s["cls_embedding.embedding_table.weight"][labels][:, None].expand(-1, cond_tokens, -1)
+    x = torch.cat([condition, s["tok_embeddings.weight"][tokens]], 1)
     batch, length = x.shape[:2]
     theta = 10000.0 ** (-4.0 * torch.arange(hd // 4, dtype=torch.float64) / hd)
-    index = (torch.arange(length) - 1).clamp(min=0)  # raster index of the token at each position
+    index = (torch.arange(length) - cond_tokens).clamp(min=0)  # raster index of the token at each position
     angles = torch.cat([(index // grid)[:, None] * theta, (index % grid)[:, None] * theta], 1)
     rotation = torch.polar(torch.ones_like(angles), angles)
     if zero_condition_rotary:
-        rotation[0] = 0  # the condition token's rotary row is zero
+        rotation[:cond_tokens] = 0  # the condition tokens' rotary rows are zero
     rope = lambda t: torch.view_as_real(  # noqa: E731
         torch.view_as_complex(t.reshape(batch, length, heads, hd // 2, 2).contiguous()) * rotation[None, :, None]
     ).flatten(3)

@@ -38,11 +38,11 @@ def test_planned_cache_bytes_equal_what_a_run_allocates(model, monkeypatch, poli
 
 def test_partial_preview_shows_finished_lines_over_grey():
     pipeline = load_pipeline("demo-digits")
-    tokens = torch.full((2, 5 * 16), 7)  # five finished lines of white
+    tokens = torch.full((2, 5 * 24), 7)  # five finished lines of white (24 tokens, 8 px each)
     image = pipeline.preview(tokens)
-    assert image.shape == (3, 128, 128)
-    assert torch.equal(image[:, :40], torch.ones(3, 40, 128))
-    assert torch.equal(image[:, 40:], torch.full((3, 88, 128), 0.5))
+    assert image.shape == (3, 192, 192)
+    assert torch.equal(image[:, :40], torch.ones(3, 40, 192))
+    assert torch.equal(image[:, 40:], torch.full((3, 152, 192), 0.5))
 
 
 def test_memory_required_grows_with_batch_and_shrinks_with_budget():

@@ -70,6 +70,37 @@ def test_engine_full_cache_decode_equals_upstream_loop(tmp_path, upstream):
     assert torch.equal(out, tokens)
 
 
+def test_several_condition_tokens_repeat_the_class(tmp_path, upstream):
+    """``cls_token_num`` K in the metadata (the demo model has 16): K copies of the class token
+    before the image, all with zero rotary rows, in the logits and in a greedy CFG decode."""
+    path = tmp_path / "c2i_T_256.safetensors"
+    save_file(upstream, str(path), metadata={"heads": "4", "grid": str(GRID), "cls_token_num": "3"})
+    model = load_llamagen(path, device=DEVICE)
+    assert model.spec.cls_token_num == 3 and model.spec.layout().prefix_len == 3
+    labels = torch.tensor([0, 7, 10])
+    tokens = torch.randint(0, 64, (3, GRID * GRID - 1), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        embeds = torch.cat([model.prefix_embeddings(labels), model.embed_image_tokens(tokens.to(DEVICE))], 1)
+        hidden = model.backbone(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1], device=DEVICE)[None])
+        ours = model.image_logits(hidden.last_hidden_state[:, 2:]).double().cpu()
+    expected = reference_logits(upstream, 4, GRID, labels, tokens, cond_tokens=3)[:, 2:]
+    assert (ours - expected).abs().max() <= 1e-4
+    one_token = reference_logits(upstream, 4, GRID, labels, tokens)  # the copies change the attention weights
+    assert (ours - one_token).abs().max() > 1e-2
+
+    cfg, labels = 3.0, torch.tensor([3, 5])
+    guidance = model.guidance(cfg)
+    out = generate(model, model.conditioning(labels.to(DEVICE), guidance), model.spec.layout(),
+                   CacheSettings(policy="full"), guidance, SamplingConfig(temperature=0), seed=0).tokens.cpu()
+    generated = torch.zeros(2, 0, dtype=torch.long)
+    for _ in range(GRID * GRID):
+        both = reference_logits(upstream, 4, GRID, torch.cat([labels, torch.tensor([10, 10])]),
+                                torch.cat([generated, generated]), cond_tokens=3)
+        cond, uncond = both[:, -1].chunk(2)
+        generated = torch.cat([generated, (uncond + (cond - uncond) * cfg).argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, generated)
+
+
 @pytest.mark.parametrize("cfg,temperature,top_k,top_p", [(4.0, 1.0, 0, 1.0), (2.0, 0.8, 20, 0.9), (1.0, 1.0, 0, 1.0)])
 def test_sampled_tokens_equal_upstreams_generate(tmp_path, upstream, cfg, temperature, top_k, top_p):
     """Sampling with the same seed as upstream's generate.py (re-implemented in llamagen_files):

@@ -104,7 +104,7 @@ def test_imagenet_labels():
 
 
 def test_demo_model_draws_the_requested_digits():
-    """Nearest-class-mean classification (means of real digits) of samples drawn under LineAR beats chance."""
+    """Nearest-class-mean classification (means of real digits) recognises most samples drawn under LineAR."""
     sklearn = pytest.importorskip("sklearn.datasets")
     pipeline = load_pipeline("demo-digits", device=DEVICE)
     grid = pipeline.layout.grid_h
@@ -118,8 +118,8 @@ def test_demo_model_draws_the_requested_digits():
     from linear_core.demo import nearest_mean_accuracy
 
     accuracy = nearest_mean_accuracy(pipeline.decode.to_digits8(batch.tokens), torch.tensor(labels), means)
-    # chance is 0.1; the model card measured 0.56 on 100 samples (P(< 0.3 on 40) ≈ 3e-4 at that rate)
-    assert accuracy >= 0.3, accuracy
+    # chance is 0.1; the model card measured 0.93 on 400 samples (P(< 0.7 on 40) ≈ 2e-6 at that rate)
+    assert accuracy >= 0.7, accuracy
 
 
 def test_demo_is_the_cli_default(tmp_path):

@@ -93,7 +93,7 @@ def test_generation_runs_under_every_policy_on_int8_and_int4(policy):
     for mode in ("int8",) + (("int4",) if DEVICE.type == "cpu" else ()):
         pipeline = load_pipeline("demo-digits", dtype="bf16", device=DEVICE, quantize=mode)
         batch = pipeline.generate(["3", "5"], CacheSettings(policy, budget), seed=1)
-        assert batch.tokens.shape == (2, 256) and batch.images.shape == (2, 3, 128, 128)
+        assert batch.tokens.shape == (2, 576) and batch.images.shape == (2, 3, 192, 192)
         assert batch.summary()["quantize"] == mode
         assert batch.summary()["weight_bytes"] == weight_bytes(pipeline.weights())
 

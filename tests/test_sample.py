@@ -85,7 +85,7 @@ def test_two_processes_draw_what_one_draws(one_process, tmp_path):
     arrays = np.load(out / "samples.npz")
     assert arrays.files == ["arr_0"]
     arr = arrays["arr_0"]
-    assert arr.dtype == np.uint8 and arr.shape == (40, 128, 128, 3)
+    assert arr.dtype == np.uint8 and arr.shape == (40, 192, 192, 3)
     for i, name in enumerate(sorted(reference)):
         assert np.array_equal(arr[i], reference[name])
 

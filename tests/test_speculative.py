@@ -117,12 +117,15 @@ def test_speculative_tokens_follow_plain_sampling_on_the_demo_model():
     assert dof > 200 and chi2.sf(stat, dof) > ALPHA
 
 
-def test_one_demo_image_needs_at_least_1_8_times_fewer_forwards():
+def test_one_demo_image_needs_at_least_2_5_times_fewer_forwards():
+    """Plain decoding takes one forward per image token after the first (575); the README measured
+    3.2x fewer over 20 images, and 2.5x leaves room for 4 images' spread."""
     pipeline = load_pipeline("demo-digits")
     runs = [pipeline.generate([label], settings=CacheSettings("linear", "1/4"), seed=label, speculative=Speculation(16))
             for label in range(4)]
     forwards = sum(run.stats.forwards for run in runs) / len(runs)
-    assert forwards * 1.8 <= 255 and all(run.stats.compressions > 0 for run in runs)
+    plain = pipeline.layout.image_tokens - 1
+    assert forwards * 2.5 <= plain and all(run.stats.compressions > 0 for run in runs)
 
 
 def test_lumina_windows_keep_the_forced_line_ends_and_the_image_vocabulary(tmp_path):

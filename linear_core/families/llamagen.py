@@ -153,11 +153,16 @@ class LlamaGenModel(nn.Module):
         return self.head(hidden).float()
 
     def prefix_embeddings(self, labels: torch.Tensor) -> torch.Tensor:
-        """``(batch,)`` class ids (``num_classes`` = null) → ``(batch, 1, dim)``."""
+        """``(batch,)`` class ids (``num_classes`` = null) → ``(batch, cls_token_num, dim)``.
+
+        Upstream c2i models have one class token. A model saved with ``cls_token_num`` K > 1 (the
+        demo) repeats it K times: the condition rows' rotary tables are zero, so each copy's key is
+        zero and K copies give the class K times the attention weight of one."""
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
             raise ValueError(f"Class labels must be in 0..{self.num_classes - 1} (or {self.num_classes} for the null "
                              f"class); got {labels.tolist()}.")
-        return self.cls_embedding(labels.to(self.cls_embedding.weight.device))[:, None]
+        embedding = self.cls_embedding(labels.to(self.cls_embedding.weight.device))
+        return embedding[:, None].repeat(1, self.spec.cls_token_num, 1)
 
     def guidance(self, cfg: float) -> Guidance:
         """Upstream runs the ``[cond; uncond]`` batch only when cfg > 1."""

@@ -190,7 +190,7 @@ def test_after_the_bad_inputs_a_demo_prompt_runs_and_its_png_says_how(server):
     assert list(runs) == ["3"]  # one sampler, under its node id
     run = runs["3"]
     assert (run["policy"], run["seed"], run["cfg"], run["image_tokens"], run["budget_tokens"]) == (
-        "linear", MAX_SEED, 2.0, 256, 64)  # 1/4 of the demo's 16x16 tokens
+        "linear", MAX_SEED, 2.0, 576, 144)  # 1/4 of the demo's 24x24 tokens
     (event,) = server.ws.of_type("linear_ar.stats")
     assert run["peak_kv_bytes"] == event["peak_kv_bytes"] < event["full_kv_bytes"] == run["full_kv_bytes"]
     assert run["kv_saving"] == event["kv_saving"] and run["tokens_per_s"] > 0

@@ -150,16 +150,16 @@ def test_demo_graph_runs_with_progress_previews_stats_and_cache_map(comfy):
     outputs = executor.history_result["outputs"]
     assert len(outputs["4"]["images"]) == 2 and len(outputs["6"]["images"]) == 2
     text = outputs["7"]["text"][0]
-    assert "policy linear: 64 of 256 image tokens cached" in text and "% saved" in text
+    assert "policy linear: 144 of 576 image tokens cached" in text and "% saved" in text
     lines = server.of("linear_ar.progress")
-    assert [m["line"] for m in lines] == list(range(1, 17)) and {m["node"] for m in lines} == {"3"}
+    assert [m["line"] for m in lines] == list(range(1, 25)) and {m["node"] for m in lines} == {"3"}
     (stats,) = server.of("linear_ar.stats")
     assert stats["node"] == "3" and stats["batch"] == 2 and stats["kv_saving"] > 0.5
     assert stats["peak_kv_bytes"] < stats["full_kv_bytes"]
     values = [value for value, _, _ in comfy.progress]
-    assert values[-1] == 256 and all(b >= a for a, b in zip(values, values[1:]))
+    assert values[-1] == 576 and all(b >= a for a, b in zip(values, values[1:]))
     previews = [p for _, _, p in comfy.progress if p is not None]
-    assert len(previews) == 8 and previews[0][0] == "JPEG" and previews[0][1].size == (128, 128)
+    assert len(previews) == 8 and previews[0][0] == "JPEG" and previews[0][1].size == (192, 192)
     assert live_cache_buffers() == 0
 
 
@@ -172,7 +172,7 @@ def test_sampler_outputs_comfy_images_and_a_map_of_the_kept_tokens(comfy):
         images, text, run = cls["LineAR_ClassSampler"].execute(model, "digit 1", 3, 7, 2.0, 0.8, 0, 1.0, settings).result
     finally:
         comfy.server_module.PromptServer.instance = comfy.server
-    assert images.shape == (3, 128, 128, 3) and images.dtype == torch.float32
+    assert images.shape == (3, 192, 192, 3) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and torch.equal(images[..., 0], images[..., 2])  # grey digits
     (cache_map,) = cls["LineAR_CacheMap"].execute(run, -1, 1.0).result
     assert cache_map.shape == images.shape
@@ -181,11 +181,11 @@ def test_sampler_outputs_comfy_images_and_a_map_of_the_kept_tokens(comfy):
     is_colour = lambda px, colour: bool((px - colour).abs().max() < 1e-3)  # noqa: E731
     for img in cache_map:
         assert all(is_colour(cell(img, 0, c), kept) for c in range(8))  # the 8 anchors: every head, every layer
-        assert all(is_colour(cell(img, r, c), kept) for r in (13, 14) for c in range(16))  # the recent lines
-        assert is_colour(cell(img, 15, 15), evicted)  # the last token is drawn, never fed back
-        middle = [cell(img, r, c) for r in range(1, 13) for c in range(16)]
-        # B = 64 = 8 anchors + 32 recent + 24 middle tokens per head out of 200: few kept everywhere
-        assert sum(is_colour(px, kept) for px in middle) < 24
+        assert all(is_colour(cell(img, r, c), kept) for r in (21, 22) for c in range(24))  # the recent lines
+        assert is_colour(cell(img, 23, 23), evicted)  # the last token is drawn, never fed back
+        middle = [cell(img, r, c) for r in range(1, 21) for c in range(24)]
+        # B = 144 = 8 anchors + 48 recent + 88 middle tokens per head out of 480: few kept everywhere
+        assert sum(is_colour(px, kept) for px in middle) < 88
 
 
 def test_speculative_widget_runs_jacobi_windows_and_reports_them(comfy):
@@ -194,10 +194,10 @@ def test_speculative_widget_runs_jacobi_windows_and_reports_them(comfy):
     executor, server, _ = comfy.run(prompt)
     assert executor.success, server.events
     (stats,) = server.of("linear_ar.stats")
-    assert stats["speculative_window"] == 8 and stats["forwards"] < 255
-    assert stats["accepted_per_forward"] == pytest.approx(255 / stats["forwards"])
+    assert stats["speculative_window"] == 8 and stats["forwards"] < 575
+    assert stats["accepted_per_forward"] == pytest.approx(575 / stats["forwards"])
     assert "speculative window 8:" in executor.history_result["outputs"]["7"]["text"][0]
-    assert [value for value, _, _ in comfy.progress][-1] == 256  # progress still reaches every token
+    assert [value for value, _, _ in comfy.progress][-1] == 576  # progress still reaches every token
     prompt["3"]["inputs"]["speculative"] = "medusa"
     executor, _, refused = comfy.run(prompt)  # refused when queued: nothing runs
     assert executor is None and "speculative 'medusa' is not one of the choices" in str(refused)
@@ -208,7 +208,7 @@ def test_interrupt_stops_the_run_and_frees_its_cache(comfy):
     executor, server, _ = comfy.run(graph(batch=1), interrupt_at=40)
     assert not executor.success
     assert any(event == "execution_interrupted" for event, _ in server.events)
-    assert max(value for value, _, _ in comfy.progress) < 256
+    assert max(value for value, _, _ in comfy.progress) < 576
     assert server.of("linear_ar.stats") == []
     assert live_cache_buffers() == 0
     executor, server, _ = comfy.run(graph(batch=1, label="digit 4"))
@@ -222,7 +222,7 @@ def test_cancel_at_a_random_token_stops_before_the_next_one(comfy, monkeypatch, 
     sampler = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS["LineAR_ClassSampler"].__module__]
     session_class = sys.modules[sampler.Callbacks.__module__].DecodeSession
     fed: list[int] = []
-    cancel_at = random.Random().randrange(1, 255)  # of the 255 decode forwards of a 16×16 image
+    cancel_at = random.Random().randrange(1, 575)  # of the 575 decode forwards of a 24×24 image
 
     def counted(step):
         def wrapper(self, *args, **kwargs):
@@ -244,9 +244,9 @@ def test_progress_bar_is_thinned_to_about_a_hundred_updates(comfy):
     executor, server, _ = comfy.run(graph(batch=1))
     assert executor.success
     values = [value for value, _, _ in comfy.progress]
-    assert values[0] == 1 and values[-1] == 256  # the first and the last token are always shown
-    assert 80 <= len(values) <= 110, len(values)  # 256 tokens, not a message each: every 3rd + 8 previews
-    assert max(b - a for a, b in zip(values, values[1:])) <= 3
+    assert values[0] == 1 and values[-1] == 576  # the first and the last token are always shown
+    assert 80 <= len(values) <= 110, len(values)  # 576 tokens, not a message each: every 6th + 8 previews
+    assert max(b - a for a, b in zip(values, values[1:])) <= 6
 
 
 def test_budget_too_small_is_a_node_error_that_names_the_fix(comfy):

@@ -23,9 +23,9 @@ NODE_IDS = ["LineAR_ModelLoader", "LineAR_CacheSettings", "LineAR_ClassSampler",
 SAMPLERS = {"LineAR_ClassSampler", "LineAR_TextSampler"}
 #: what each workflow must produce: SaveImage pictures (count, side in px) and stats texts
 EXPECTED = {
-    "linear_ar_demo_digits.json": {"images": (4, 128), "stats": 1},
+    "linear_ar_demo_digits.json": {"images": (4, 192), "stats": 1},
     "linear_ar_llamagen_c2i.json": {"images": (4, 48), "stats": 1},
-    "linear_ar_compare_policies.json": {"images": (12, 128), "stats": 3},
+    "linear_ar_compare_policies.json": {"images": (12, 192), "stats": 3},
     "linear_ar_janus_pro_t2i.json": {"images": (4, 32), "stats": 1},  # 16×16 tokens, the tiny VQ upsamples ×2
     "linear_ar_lumina_mgpt_t2i.json": {"images": (1, 96), "stats": 1},  # 48×48 codes (+ line ends), VQGAN ×2
     "linear_ar_emu3_gen_t2i.json": {"images": (1, 180), "stats": 1},  # 90×90 codes (+ line ends), tiny VQ-VAE ×2
@@ -151,7 +151,7 @@ def test_example_workflow_loads_converts_and_runs(server, browser, path):
     if path.name == "linear_ar_compare_policies.json":
         by_policy = {text.split("policy ")[1].split(":")[0]: text for text in stats.values()}
         assert "(0.0% saved)" in by_policy["full"]
-        assert "64 of 256 image tokens" in by_policy["linear"] and "64 of 256" in by_policy["streaming"]
+        assert "144 of 576 image tokens" in by_policy["linear"] and "144 of 576" in by_policy["streaming"]
     assert browser.unexpected_console_errors() == [] and browser.page_errors == []
 
 
@@ -172,10 +172,10 @@ def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, sc
     seconds = time.perf_counter() - started
     assert entry["status"]["status_str"] == "success", entry["status"]
     lines = [event["detail"]["line"] for event in browser.events("linear_ar.progress")]
-    assert lines == list(range(1, 17))
+    assert lines == list(range(1, 25))
     (stats,) = [event["detail"] for event in browser.events("linear_ar.stats")]
     shown = browser.evaluate("() => window.__linearStripTexts")
-    assert [text for text in shown if text.startswith("line ")] == [f"line {n} / 16" for n in range(1, 17)]
+    assert [text for text in shown if text.startswith("line ")] == [f"line {n} / 24" for n in range(1, 25)]
     assert re.fullmatch(STATS_STRIP, shown[-1])
     strip = assert_strip_shows(browser, sampler, STATS_STRIP)
     assert f"−{stats['kv_saving'] * 100:.1f}%" in strip["text"] and stats["kv_saving"] > 0.5
@@ -184,7 +184,7 @@ def test_demo_workflow_runs_from_the_page_and_shows_kv_stats(server, browser, sc
     assert shot.stat().st_size > 20_000
     assert browser.unexpected_console_errors() == [] and browser.page_errors == []
     print(f"\ndemo workflow in ComfyUI (CPU, {mode}): {seconds:.1f} s, KV saving {stats['kv_saving']:.1%}, "
-          f"{stats['peak_kv_bytes']} of {stats['full_kv_bytes']} bytes")
+          f"{stats['peak_kv_bytes']} of {stats['full_kv_bytes']} bytes; strip: {strip['text']}")
 
 
 def test_interrupt_during_sampling_then_the_next_prompt_runs(server):
@@ -194,7 +194,7 @@ def test_interrupt_during_sampling_then_the_next_prompt_runs(server):
     server.interrupt()
     entry = server.wait(prompt_id, timeout=120)
     assert ended_with(entry, "execution_interrupted") is not None, entry["status"]
-    assert max(m["line"] for m in server.ws.of_type("linear_ar.progress")) < 16
+    assert max(m["line"] for m in server.ws.of_type("linear_ar.progress")) < 24
     assert server.ws.of_type("linear_ar.stats") == []
     entry = server.run(sampler_prompt(seed=12))
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -205,8 +205,8 @@ def test_progress_and_previews_reach_the_client(server):
     entry = server.run(sampler_prompt(seed=21))
     assert entry["status"]["status_str"] == "success"
     progress = [m for m in server.ws.of_type("progress") if m.get("node") == "3"]
-    assert progress[-1]["value"] == progress[-1]["max"] == 256
-    assert server.ws.preview_count >= 8  # a partial image every two of the 16 lines
+    assert progress[-1]["value"] == progress[-1]["max"] == 576
+    assert server.ws.preview_count >= 8  # a partial image every three of the 24 lines
 
 
 def test_bad_inputs_give_clear_node_errors_and_the_server_keeps_serving(server):
