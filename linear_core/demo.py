@@ -37,7 +37,19 @@ class DigitsPalette:
         return F.adaptive_avg_pool2d(self.grey(tokens.cpu()), 8).flatten(1)
 
 
-def nearest_mean_accuracy(images8: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor) -> float:
+def nearest_mean_accuracy(images8: torch.Tensor, labels: torch.Tensor, means: torch.Tensor) -> float:
     """Share of ``(n, 64)`` images whose nearest class mean (Euclidean) is their label's."""
-    distances = torch.cdist(images8.float(), class_means.float())
+    distances = torch.cdist(images8.float(), means.float())
     return (distances.argmin(dim=1) == labels.cpu()).float().mean().item()
+
+
+def training_split(count: int, seed: int, held_out: int = 197) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held-out indices, training indices)`` of the ``count`` digits: the seeded split
+    ``scripts/train_demo.py`` trains on and the accuracy scripts take class means from."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:held_out], order[held_out:]
+
+
+def class_means(images8: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """``(classes, 64)`` mean 8x8 image of each class, for `nearest_mean_accuracy`."""
+    return torch.stack([images8[labels == c].mean(0) for c in range(classes)])

@@ -21,21 +21,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from linear_core.demo import DEMO_DIR, nearest_mean_accuracy  # noqa: E402
+from linear_core.demo import DEMO_DIR, class_means, nearest_mean_accuracy, training_split  # noqa: E402
 from linear_core.loading import load_pipeline  # noqa: E402
-from linear_core.sampling import SamplingConfig  # noqa: E402
 from linear_core.settings import CacheSettings  # noqa: E402
 
 
-def training_split_means(seed: int = 0, held_out: int = 197) -> torch.Tensor:
+def training_split_means(seed: int = 0) -> torch.Tensor:
     """``(10, 64)`` class means of the digits ``train_demo.py`` trains on with ``--seed seed``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).flatten(1) / 16.0
     labels = torch.tensor(digits.target)
-    train = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[held_out:]
-    return torch.stack([images[train][labels[train] == c].mean(0) for c in range(10)])
+    _, train = training_split(len(images), seed)
+    return class_means(images[train], labels[train])
 
 
 def parse_setting(text: str, args: argparse.Namespace) -> CacheSettings:
@@ -63,10 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipeline = load_pipeline(args.model, device="cpu")
-    defaults = pipeline.defaults
-    sampling = SamplingConfig(temperature=defaults.temperature if args.temperature is None else args.temperature,
-                              top_k=defaults.top_k, top_p=defaults.top_p if args.top_p is None else args.top_p)
-    cfg = defaults.cfg if args.cfg is None else args.cfg
+    sampling = pipeline.defaults.sampling(args.temperature, top_p=args.top_p)
+    cfg = pipeline.defaults.cfg if args.cfg is None else args.cfg
     means = training_split_means()
     labels = [c for c in range(10) for _ in range(args.per_class)]
     print(f"cfg {cfg}, temperature {sampling.temperature}, top-p {sampling.top_p}; "

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from linear_core.demo import DEMO_DIR, DigitsPalette, nearest_mean_accuracy  # noqa: E402
+from linear_core.demo import DEMO_DIR, DigitsPalette, class_means, nearest_mean_accuracy, training_split  # noqa: E402
 from linear_core.engine import generate  # noqa: E402
 from linear_core.files import replacing  # noqa: E402
 from linear_core.families.llamagen import LlamaGenModel, LlamaGenSpec, to_upstream  # noqa: E402
@@ -88,8 +88,6 @@ def train(model: LlamaGenModel, images8: torch.Tensor, labels: torch.Tensor, arg
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     model.backbone.set_attn_implementation("sdpa")
     model.train()
-    prefix = model.spec.cls_token_num
-    positions = torch.arange(prefix + args.grid ** 2 - 1)[None]
     losses: list[float] = []
     t0 = time.time()
     for step in range(args.steps):
@@ -97,9 +95,7 @@ def train(model: LlamaGenModel, images8: torch.Tensor, labels: torch.Tensor, arg
         warps = random_warps(args.batch, args.grid, generator) if args.augment else None
         batch, cls = to_tokens(images8[idx], args.grid, args.levels, warps), labels[idx].clone()
         cls[torch.rand(args.batch, generator=generator) < 0.1] = model.num_classes  # null class for CFG
-        embeds = torch.cat([model.prefix_embeddings(cls), model.embed_image_tokens(batch[:, :-1])], dim=1)
-        hidden = model.backbone(inputs_embeds=embeds, position_ids=positions).last_hidden_state[:, prefix - 1:]
-        loss = F.cross_entropy(model.image_logits(hidden).flatten(0, 1), batch.flatten())
+        loss = next_token_loss(model, batch, cls)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -117,13 +113,19 @@ def train(model: LlamaGenModel, images8: torch.Tensor, labels: torch.Tensor, arg
     return losses
 
 
-@torch.no_grad()
-def held_out_loss(model: LlamaGenModel, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-    prefix = model.spec.cls_token_num
+def next_token_loss(model: LlamaGenModel, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of every image token given the condition tokens and the tokens before it
+    (the last condition position predicts the first image token)."""
     embeds = torch.cat([model.prefix_embeddings(labels), model.embed_image_tokens(tokens[:, :-1])], 1)
     positions = torch.arange(embeds.shape[1])[None]
-    hidden = model.backbone(inputs_embeds=embeds, position_ids=positions).last_hidden_state[:, prefix - 1:]
-    return F.cross_entropy(model.image_logits(hidden).flatten(0, 1), tokens.flatten()).item()
+    hidden = model.backbone(inputs_embeds=embeds, position_ids=positions).last_hidden_state
+    logits = model.image_logits(hidden[:, model.spec.cls_token_num - 1:])
+    return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+
+@torch.no_grad()
+def held_out_loss(model: LlamaGenModel, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+    return next_token_loss(model, tokens, labels).item()
 
 
 def sample_accuracy(model: LlamaGenModel, palette: DigitsPalette, means: torch.Tensor, cfg: float, temperature: float,
@@ -166,9 +168,8 @@ def main() -> None:
 
     tokens, labels, images8 = load_digits(args.grid, args.levels)
     flat8 = images8.flatten(1)
-    order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(args.seed))
-    held_out, train_idx = order[:197], order[197:]
-    means = torch.stack([flat8[train_idx][labels[train_idx] == c].mean(0) for c in range(10)])
+    held_out, train_idx = training_split(len(tokens), args.seed)
+    means = class_means(flat8[train_idx], labels[train_idx])
     real_accuracy = nearest_mean_accuracy(flat8[held_out], labels[held_out], means)
     palette = DigitsPalette(args.grid, args.levels)
     quantised_accuracy = nearest_mean_accuracy(palette.to_digits8(tokens[held_out]), labels[held_out], means)
